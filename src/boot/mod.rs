@@ -1,0 +1,1 @@
+//! Boot control: EFI variables, systemd-boot, UEFI entries, ESP (being written).

@@ -1,0 +1,3 @@
+//! COSI images: tar walking, metadata, sources, streaming pipeline, builder.
+
+pub mod source;

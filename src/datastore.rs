@@ -1,0 +1,1 @@
+//! SQLite datastore (being written).

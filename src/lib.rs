@@ -1,0 +1,32 @@
+//! Trident: keeps a Linux host in a declared state for its whole life.
+//!
+//! Module map (data flows top to bottom):
+//!
+//! - [`error`]     — categorised errors with stable codes (`TridentError`).
+//! - [`config`]    — the Host Configuration (YAML) types, parsing and static validation.
+//! - [`status`]    — Host Status and the servicing state machine.
+//! - [`datastore`] — SQLite datastore: current Host Status + append-only history.
+//! - [`cosi`]      — COSI images: tar walking, metadata, sources (file/HTTP/OCI),
+//!                   the streaming pipeline and the builder.
+//! - [`storage`]   — block devices: GPT, partition nodes (BLKPG), loop devices, mkfs.
+//! - [`boot`]      — boot control: EFI variables, systemd-boot entries, UEFI load options,
+//!                   the ESP (FAT in user space).
+//! - [`cmd`]       — the one wrapper for running external tools.
+//! - [`logging`]   — tracing setup (journald under systemd, stderr otherwise).
+//! - [`cli`]       — the `trident` command line; binaries in `src/bin/` are thin.
+
+pub mod boot;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod cosi;
+pub mod datastore;
+pub mod error;
+pub mod logging;
+pub mod status;
+pub mod storage;
+
+pub use error::{Category, TridentError, TridentErrors};
+
+/// Agent version reported in Host Status, `--version` and over D-Bus.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

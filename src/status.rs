@@ -1,0 +1,1 @@
+//! Host Status and the servicing state machine (being written).

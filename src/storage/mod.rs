@@ -1,0 +1,1 @@
+//! Block devices: GPT, partition nodes, loop devices, mkfs (being written).
