@@ -1,0 +1,46 @@
+# Trident — developer entry points. See README.md and docs/testing.md.
+
+CARGO ?= cargo
+PREFIX ?= /usr
+DESTDIR ?=
+DEMO_DIR ?= $(CURDIR)/target/demo
+
+.PHONY: all deps build release demo test test-unit lint fmt clippy bench-stream clean-demo
+
+all: build
+
+## deps: Debian packages needed by the build, demo and tests (idempotent)
+deps:
+	./scripts/install-deps.sh
+
+build:
+	$(CARGO) build --all-targets
+
+release:
+	$(CARGO) build --release
+
+## demo: build and run the main job on the built-in demo (no real disk needed)
+demo: deps release
+	DEMO_DIR=$(DEMO_DIR) TRIDENT=$(CURDIR)/target/release/trident ./scripts/demo.sh
+
+## test: everything CI runs (lint, unit tests, privileged tests when root)
+test: deps lint
+	$(CARGO) test --all-targets -- --test-threads=2
+
+test-unit:
+	$(CARGO) test --lib
+
+lint: fmt clippy
+
+fmt:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## bench-stream: streaming throughput vs. zstd baselines (not a test)
+bench-stream:
+	./scripts/bench-stream.sh
+
+clean-demo:
+	rm -rf $(DEMO_DIR)
