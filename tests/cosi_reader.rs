@@ -865,3 +865,83 @@ fn random_header_flips_never_panic() {
     }
     assert!(err > 0 && ok + err == 1500);
 }
+
+fn pointers(v: &Value, at: String, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, c) in m {
+                let p = format!("{at}/{k}");
+                out.push(p.clone());
+                pointers(c, p, out);
+            }
+        }
+        Value::Array(a) => {
+            for (i, c) in a.iter().enumerate() {
+                let p = format!("{at}/{i}");
+                out.push(p.clone());
+                pointers(c, p, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Every node of every valid sample replaced by every JSON type (and removed): the
+/// validator never panics, and a rejection always names at least one error.
+#[test]
+fn metadata_type_confusion_never_panics() {
+    let replacements = [
+        Value::Null,
+        json!(0),
+        json!(-1),
+        json!(1.5),
+        json!(1e30),
+        json!("x"),
+        json!(""),
+        json!([]),
+        json!({}),
+        json!(true),
+    ];
+    let (mut ok, mut rejected) = (0, 0);
+    for name in ["grub-simple.json", "verity-uki-systemd-boot.json"] {
+        let base: Value =
+            serde_json::from_slice(&std::fs::read(compat_dir("valid").join(name)).unwrap())
+                .unwrap();
+        let mut ps = Vec::new();
+        pointers(&base, String::new(), &mut ps);
+        for p in &ps {
+            for r in replacements.iter().cloned().map(Some).chain([None]) {
+                let mut d = base.clone();
+                match r {
+                    Some(r) => *d.pointer_mut(p).unwrap() = r,
+                    None => {
+                        let (parent, key) = p.rsplit_once('/').unwrap();
+                        let parent = if parent.is_empty() {
+                            &mut d
+                        } else {
+                            d.pointer_mut(parent).unwrap()
+                        };
+                        match parent {
+                            Value::Object(m) => {
+                                m.remove(key);
+                            }
+                            Value::Array(a) => {
+                                a.remove(key.parse::<usize>().unwrap());
+                            }
+                            _ => unreachable!(),
+                        }
+                    }
+                }
+                match CosiMetadata::from_value(&d) {
+                    Ok(_) => ok += 1,
+                    Err(es) => {
+                        assert!(!es.0.is_empty());
+                        assert!(es.0.iter().all(|e| !e.code.is_empty()));
+                        rejected += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(ok > 0 && rejected > ok, "ok {ok}, rejected {rejected}");
+}
