@@ -343,6 +343,21 @@ fn walk_sized(source: &dyn Source, total: u64) -> Result<TarIndex> {
         let header = parse_header(&block).map_err(|e| at(e, offset))?;
         let data_offset = offset + BLOCK;
         let is_meta = matches!(header.typeflag, b'L' | b'K' | b'x' | b'g');
+        // Sparse members store a map before (or around) their data, so their bytes are
+        // not the file's bytes; old GNU sparse headers may even be followed by extra
+        // header blocks. No COSI writer produces them.
+        let pax_sparse = pending
+            .pax
+            .iter()
+            .map(|(k, _)| k)
+            .chain(globals.keys())
+            .any(|k| k.starts_with("GNU.sparse."));
+        if header.typeflag == b'S' || (!is_meta && pax_sparse) {
+            return Err(at(
+                bad_header("sparse members (GNU or PAX sparse formats) are not supported"),
+                offset,
+            ));
+        }
 
         // Effective size: a PAX `size` (per-member, then global) overrides the field.
         let mut size = header.size;
@@ -766,6 +781,20 @@ mod tests {
 
         let mut t = Vec::new();
         member(&mut t, "././@LongLink", b"name", b'L');
+        end(&mut t);
+        assert_eq!(code_of(&walk_bytes(t).unwrap_err()), E_BAD_HEADER);
+    }
+
+    #[test]
+    fn sparse_members_are_refused() {
+        let mut t = Vec::new();
+        member(&mut t, "images/s", b"abc", b'S');
+        end(&mut t);
+        assert_eq!(code_of(&walk_bytes(t).unwrap_err()), E_BAD_HEADER);
+        let mut t = Vec::new();
+        let x = pax_record("GNU.sparse.major", "1");
+        member(&mut t, "PaxHeaders/x", x.as_bytes(), b'x');
+        member(&mut t, "images/s", b"abc", b'0');
         end(&mut t);
         assert_eq!(code_of(&walk_bytes(t).unwrap_err()), E_BAD_HEADER);
     }
