@@ -945,3 +945,47 @@ fn metadata_type_confusion_never_panics() {
     }
     assert!(ok > 0 && rejected > ok, "ok {ok}, rejected {rejected}");
 }
+
+/// A source that counts the bytes handed out.
+struct Counting {
+    inner: MemSource,
+    read: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl trident::cosi::source::Source for Counting {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    fn size(&self) -> anyhow::Result<u64> {
+        self.inner.size()
+    }
+    fn read_range(&self, offset: u64, len: u64) -> anyhow::Result<Box<dyn Read + Send>> {
+        self.read
+            .fetch_add(len, std::sync::atomic::Ordering::SeqCst);
+        self.inner.read_range(offset, len)
+    }
+}
+
+/// Opening reads headers and metadata.json only, never image data.
+#[test]
+fn open_reads_only_headers_and_metadata() {
+    use trident::cosi::source::Source;
+    let imgs = sample_images(true);
+    let meta = metadata_json(&imgs, "1.2");
+    let bytes = assemble(&standard_entries(&imgs, &meta));
+    let total = bytes.len() as u64;
+    let read = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let src = Counting {
+        inner: MemSource::new("counted", bytes),
+        read: read.clone(),
+    };
+    assert_eq!(src.size().unwrap(), total);
+    let cosi = Cosi::open(Box::new(src), None).unwrap();
+    let n = read.load(std::sync::atomic::Ordering::SeqCst);
+    // 6 member headers, 1 long-name header, 2 end blocks; the long name (with its
+    // NUL) and metadata.json.
+    let expected = 9 * 512 + (imgs[2].path.len() as u64 + 1) + meta.len() as u64;
+    assert_eq!(n, expected, "read {n} of {total} bytes");
+    assert!(n * 10 < total);
+    drop(cosi);
+}
