@@ -1,3 +1,6 @@
 //! COSI images: tar walking, metadata, sources, streaming pipeline, builder.
 
+pub mod metadata;
+pub mod reader;
 pub mod source;
+pub mod tar;
