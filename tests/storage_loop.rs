@@ -118,6 +118,30 @@ fn assert_sfdisk_agrees(disk: &Path, placed: &[PlacedPartition]) {
     }
 }
 
+/// After detaching loop `number` (backed by `img`), its partition node must be gone —
+/// unless another user re-attached that loop number meanwhile (tests run in parallel).
+fn assert_detached(number: u32, img: &Path, node: &Path) {
+    let backing = PathBuf::from(format!("/sys/block/loop{number}/loop/backing_file"));
+    for _ in 0..50 {
+        if !backing.exists() && !node.exists() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    match std::fs::read_to_string(&backing) {
+        Ok(b) => assert_ne!(
+            b.trim(),
+            img.display().to_string(),
+            "loop{number} still attached"
+        ),
+        Err(_) => assert!(
+            !node.exists(),
+            "partition node {} left behind",
+            node.display()
+        ),
+    }
+}
+
 fn in_use_error(disk: &Path, allowed: &[PathBuf]) -> String {
     let err = check_disk_not_in_use(disk, allowed).unwrap_err();
     let te = find_trident_error(&err).unwrap_or_else(|| panic!("untyped error: {err:#}"));
@@ -266,8 +290,9 @@ fn full_layout_mkfs_adopt_and_in_use() {
         check_disk_not_in_use(&disk, std::slice::from_ref(&kept_node)).unwrap();
         in_use_error(&disk, &[]);
     }
+    let number = lo.number();
     lo.detach().unwrap();
-    assert!(!kept_node.exists(), "partition nodes removed on detach");
+    assert_detached(number, &img, &kept_node);
 }
 
 #[test]
@@ -400,28 +425,7 @@ fn loop_detached_and_partitions_removed_after_panic() {
     .join();
     assert!(result.is_err(), "the thread panicked");
     let (number, node) = rx.recv().unwrap();
-    // Detach is immediate when nobody else holds the device; allow the kernel a moment.
-    let backing = PathBuf::from(format!("/sys/block/loop{number}/loop/backing_file"));
-    for _ in 0..50 {
-        if !backing.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // Another test may have re-attached the same number meanwhile; then it must not
-    // be our file. If nobody did, the partition node must be gone too.
-    match std::fs::read_to_string(&backing) {
-        Ok(b) => assert_ne!(
-            b.trim(),
-            img.display().to_string(),
-            "loop{number} still attached"
-        ),
-        Err(_) => assert!(
-            !node.exists(),
-            "partition node {} left behind",
-            node.display()
-        ),
-    }
+    assert_detached(number, &img, &node);
 }
 
 #[test]
@@ -472,4 +476,42 @@ fn partition_is_not_a_disk() {
     assert!(format!("{err:#}").contains("not a whole disk"), "{err:#}");
     let err = ensure_partition_nodes(&nodes[0], &[]).unwrap_err();
     assert!(format!("{err:#}").contains("not a whole disk"), "{err:#}");
+}
+
+#[test]
+fn partscan_loop_still_gets_blkpg_nodes_and_cleans_up() {
+    if !privileged() {
+        return;
+    }
+    let (_dir, img) = sparse(128 * MIB);
+    let lo = LoopDevice::attach(
+        &img,
+        Options {
+            partscan: true,
+            ..Options::default()
+        },
+    )
+    .unwrap();
+    let plan = DiskPlan {
+        partitions: vec![
+            plan_part("a", PartitionType::Swap, PartSize::Fixed(16 * MIB)),
+            plan_part("b", PartitionType::Home, PartSize::Grow),
+        ],
+        adopted: vec![],
+    };
+    let placed = plan_layout(128 * MIB, 512, &plan, None).unwrap();
+    write_gpt(lo.path(), &placed).unwrap();
+    let nodes = blkpg::sync_partition_nodes(lo.path()).unwrap();
+    assert_eq!(nodes.len(), 2);
+    mkfs(&nodes[0].1, FsType::Swap, &MkfsOptions::default()).unwrap();
+    assert_eq!(
+        trident::storage::mkfs::probe(&nodes[0].1)
+            .unwrap()
+            .unwrap()
+            .fs_type,
+        "swap"
+    );
+    let number = lo.number();
+    drop(lo);
+    assert_detached(number, &img, &nodes[1].1);
 }

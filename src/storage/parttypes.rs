@@ -169,6 +169,20 @@ impl FromStr for PartitionType {
     }
 }
 
+/// Serialized as its Trident name, or the GUID string for other types.
+impl serde::Serialize for PartitionType {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PartitionType {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::parse(&s).map_err(|e| serde::de::Error::custom(e.message))
+    }
+}
+
 impl fmt::Display for PartitionType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.name() {
@@ -216,6 +230,20 @@ mod tests {
         assert_eq!(t, PartitionType::Guid(Uuid::parse_str(g).unwrap()));
         assert_eq!(t.name(), None);
         assert_eq!(t.to_string(), g);
+    }
+
+    #[test]
+    fn serde_as_name_or_guid() {
+        let t: Vec<PartitionType> =
+            serde_yaml::from_str("[root, esp, a19d880f-05fc-4d3b-a006-743f0f84911e]").unwrap();
+        assert_eq!(t[0], PartitionType::Root);
+        assert_eq!(t[1], PartitionType::Esp);
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"["root","esp","a19d880f-05fc-4d3b-a006-743f0f84911e"]"#
+        );
+        let e = serde_yaml::from_str::<PartitionType>("rooot").unwrap_err();
+        assert!(e.to_string().contains("unknown partition type"), "{e}");
     }
 
     #[test]
