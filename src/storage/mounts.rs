@@ -146,7 +146,7 @@ fn leaves(sys: &Path, name: &str, out: &mut Vec<PathBuf>, depth: usize) -> Resul
         bail!("block device stack under {name} is too deep");
     }
     let dir = sys.join("class/block").join(name).join("slaves");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
+    let Some(entries) = read_dir_if_exists(&dir)? else {
         return Ok(());
     };
     let mut names: Vec<String> = entries
@@ -156,16 +156,22 @@ fn leaves(sys: &Path, name: &str, out: &mut Vec<PathBuf>, depth: usize) -> Resul
     names.sort();
     for s in names {
         let deeper = sys.join("class/block").join(&s).join("slaves");
-        if std::fs::read_dir(&deeper)
-            .map(|mut d| d.next().is_some())
-            .unwrap_or(false)
-        {
+        if read_dir_if_exists(&deeper)?.is_some_and(|mut d| d.next().is_some()) {
             leaves(sys, &s, out, depth + 1)?;
         } else {
             out.push(Path::new("/dev").join(s));
         }
     }
     Ok(())
+}
+
+/// `read_dir`, with `None` for a directory that does not exist.
+fn read_dir_if_exists(dir: &Path) -> Result<Option<std::fs::ReadDir>> {
+    match std::fs::read_dir(dir) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("listing {}", dir.display())),
+    }
 }
 
 /// A device that belongs to the disk: the disk, one of its partitions, or a device
@@ -188,7 +194,9 @@ pub fn disk_members(sys: &Path, disk_name: &str) -> Result<Vec<Member>> {
     let mut bases = vec![disk_name.to_string()];
     let mut subs: Vec<String> = std::fs::read_dir(&dir)
         .with_context(|| format!("listing {}", dir.display()))?
-        .filter_map(|e| e.ok())
+        .collect::<std::io::Result<Vec<_>>>()
+        .with_context(|| format!("listing {}", dir.display()))?
+        .into_iter()
         .filter(|e| e.path().join("partition").is_file())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
@@ -209,10 +217,11 @@ pub fn disk_members(sys: &Path, disk_name: &str) -> Result<Vec<Member>> {
         let mut seen = HashSet::new();
         while let Some(n) = todo.pop() {
             let hdir = class.join(&n).join("holders");
-            let Ok(entries) = std::fs::read_dir(&hdir) else {
+            let Some(entries) = read_dir_if_exists(&hdir)? else {
                 continue;
             };
-            for e in entries.filter_map(|e| e.ok()) {
+            for e in entries {
+                let e = e.with_context(|| format!("listing {}", hdir.display()))?;
                 let h = e.file_name().to_string_lossy().into_owned();
                 if !seen.insert(h.clone()) {
                     continue;
@@ -295,7 +304,12 @@ fn current_uses() -> Result<Vec<DeviceUse>> {
             }
         }
     }
-    let swaps = std::fs::read_to_string("/proc/swaps").unwrap_or_default();
+    let swaps = match std::fs::read_to_string("/proc/swaps") {
+        Ok(s) => s,
+        // A kernel without swap support has no /proc/swaps.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).context("reading /proc/swaps"),
+    };
     for line in swaps.lines().skip(1) {
         let Some(name) = line.split_whitespace().next() else {
             continue;
