@@ -195,6 +195,15 @@ fn full_layout_mkfs_adopt_and_in_use() {
     let before = devs(&nodes);
     let again = ensure_partition_nodes(&disk, &table).unwrap();
     assert_eq!(devs(&again), before);
+    // A missing node (no devtmpfs, or deleted) is made with mknod; a wrong one (here a
+    // regular file) is replaced.
+    std::fs::remove_file(&nodes[0]).unwrap();
+    std::fs::remove_file(&nodes[2]).unwrap();
+    std::fs::write(&nodes[2], b"not a device").unwrap();
+    let again = ensure_partition_nodes(&disk, &table).unwrap();
+    assert_eq!(devs(&again), before);
+    assert_eq!(getsize64(&again[0]), placed[0].size());
+    assert_eq!(getsize64(&again[2]), placed[2].size());
 
     // A filesystem on root-a, with a file in it.
     let root_a = &nodes[1];
@@ -514,4 +523,77 @@ fn partscan_loop_still_gets_blkpg_nodes_and_cleans_up() {
     let number = lo.number();
     drop(lo);
     assert_detached(number, &img, &nodes[1].1);
+}
+
+#[test]
+fn partition_disk_end_to_end_and_refusal_leaves_disk_untouched() {
+    use trident::storage::partition::partition_disk;
+    if !privileged() {
+        return;
+    }
+    let (dir, img) = sparse(1024 * MIB);
+    let lo = LoopDevice::attach(&img, Options::default()).unwrap();
+    let disk = lo.path();
+
+    // Fresh disk (no table yet).
+    let applied = partition_disk(disk, &ab_plan()).unwrap();
+    let ids: Vec<&str> = applied.iter().map(|a| a.placed.id.as_str()).collect();
+    assert_eq!(ids, ["esp", "root-a", "root-b", "var"]);
+    for a in &applied {
+        assert_eq!(a.path, partition_path(disk, a.placed.number));
+        assert_eq!(getsize64(&a.path), a.placed.size());
+    }
+    assert_sfdisk_agrees(
+        disk,
+        &applied.iter().map(|a| a.placed.clone()).collect::<Vec<_>>(),
+    );
+    let guid = read_gpt_table(disk).unwrap().disk_guid;
+
+    // Data on root-b (ext4), then mount it.
+    let root_b = applied[2].path.clone();
+    mkfs(&root_b, FsType::Ext4, &MkfsOptions::default()).unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let m = Mount::new(&root_b, &mnt, "ext4", None).unwrap();
+    std::fs::write(mnt.join("f"), "kept").unwrap();
+
+    // Re-partitioning without adopting the mounted partition is refused before any
+    // write: the table is exactly as before.
+    let before = read_gpt_table(disk).unwrap();
+    let err = partition_disk(disk, &ab_plan()).unwrap_err();
+    assert_eq!(find_trident_error(&err).unwrap().code, "disk-in-use");
+    assert_eq!(read_gpt_table(disk).unwrap(), before);
+
+    // Adopting it (by UUID) while it stays mounted works; the disk keeps its GUID.
+    let plan = DiskPlan {
+        partitions: vec![
+            plan_part("esp", PartitionType::Esp, PartSize::Fixed(64 * MIB)),
+            plan_part("home", PartitionType::Home, PartSize::Grow),
+        ],
+        adopted: vec![AdoptMatch {
+            id: "old-b".into(),
+            by: AdoptKey::Uuid(applied[2].placed.uuid),
+        }],
+    };
+    let applied2 = partition_disk(disk, &plan).unwrap();
+    let kept = applied2.iter().find(|a| a.placed.id == "old-b").unwrap();
+    assert_eq!(kept.path, root_b);
+    assert_eq!(kept.placed.to_entry(), applied[2].placed.to_entry());
+    assert_eq!(read_gpt_table(disk).unwrap().disk_guid, guid);
+    assert_eq!(std::fs::read_to_string(mnt.join("f")).unwrap(), "kept");
+    m.unmount().unwrap();
+
+    // Planning errors carry the disk.
+    let too_big = DiskPlan {
+        partitions: vec![plan_part(
+            "x",
+            PartitionType::Var,
+            PartSize::Fixed(2048 * MIB),
+        )],
+        adopted: vec![],
+    };
+    let err = partition_disk(disk, &too_big).unwrap_err();
+    let te = find_trident_error(&err).unwrap();
+    assert_eq!(te.code, "disk-too-small");
+    assert_eq!(te.device.as_deref(), Some(disk.to_str().unwrap()));
 }

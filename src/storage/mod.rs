@@ -14,6 +14,7 @@
 //! - [`mkfs`]: mkfs for ext4/xfs/vfat/swap, ext4 growing, superblock probing, and an
 //!   RAII [`mkfs::Mount`].
 //! - [`mounts`]: `/proc/self/mountinfo`, the disk-in-use check, the root device.
+//! - [`partition`]: the whole step: read, plan, refuse a disk in use, write, nodes.
 //! - [`device`]: sizes, sector sizes and device numbers shared by the others.
 
 // Pure planning functions return the project's `TridentError` directly so callers can
@@ -27,6 +28,7 @@ pub mod loopdev;
 pub mod lsblk;
 pub mod mkfs;
 pub mod mounts;
+pub mod partition;
 pub mod parttypes;
 pub mod sfdisk;
 

@@ -327,7 +327,8 @@ fn current_uses() -> Result<Vec<DeviceUse>> {
 
 /// Refuse `disk` if it holds the running root, a mounted filesystem, an active swap
 /// area, or a partition something is stacked on — except for the partitions listed in
-/// `allowed_partitions` (adopted partitions the operation leaves alone).
+/// `allowed_partitions` (adopted partitions the operation leaves alone; paths that do
+/// not exist are ignored).
 ///
 /// The error is `disk-in-use` (execution-environment) and names each device and mount
 /// point.
@@ -350,6 +351,11 @@ pub fn check_disk_not_in_use(disk: &Path, allowed_partitions: &[PathBuf]) -> Res
     let members = disk_members(sys, &name)?;
     let mut allowed = HashSet::new();
     for p in allowed_partitions {
+        // A partition without a node cannot be in use; skipping it only makes the
+        // check stricter.
+        if !p.exists() {
+            continue;
+        }
         let pdev = dev_number(p)
             .with_context(|| format!("resolving allowed partition {}", p.display()))?;
         allowed.insert(kernel_name(sys, pdev)?);
