@@ -1176,6 +1176,119 @@ mod tests {
         );
     }
 
+    /// Random plans around random adopted partitions: whatever succeeds is a valid
+    /// layout (in range, no overlaps, aligned, adopted untouched, grow fills its gap),
+    /// and whatever fails is a typed disk-too-small error.
+    #[test]
+    fn random_layouts_are_valid() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut ok, mut too_small) = (0, 0);
+        for round in 0..2000 {
+            let lba = if round % 4 == 0 { 4096 } else { 512 };
+            let disk = (64 + rnd(512)) * MIB + rnd(MIB);
+            let geo = Geometry::new(disk, lba).unwrap();
+            // Up to 3 adopted partitions at arbitrary (unaligned) places.
+            let mut existing = Vec::new();
+            let mut cursor = geo.first_usable + rnd(4096);
+            for n in 1..=rnd(4) as u32 {
+                let len = 1 + rnd(40 * MIB / lba);
+                if cursor + len > geo.last_usable {
+                    break;
+                }
+                existing.push(ExistingPartition {
+                    number: n * 2,
+                    first_lba: cursor,
+                    last_lba: cursor + len - 1,
+                    type_guid: PartitionType::Home.guid(),
+                    uuid: Uuid::new_v4(),
+                    label: format!("old{n}"),
+                    attributes: 0,
+                    sector_size: lba,
+                });
+                cursor += len + rnd(60 * MIB / lba);
+            }
+            let count = 1 + rnd(6) as usize;
+            let grow_at = rnd(count as u64 + 1) as usize; // == count: no grow
+            let plan = DiskPlan {
+                partitions: (0..count)
+                    .map(|i| {
+                        let size = if i == grow_at {
+                            PartSize::Grow
+                        } else {
+                            PartSize::Fixed(1 + rnd(80 * MIB))
+                        };
+                        part(&format!("p{i}"), size)
+                    })
+                    .collect(),
+                adopted: existing
+                    .iter()
+                    .filter(|_| rnd(3) > 0)
+                    .map(|e| AdoptMatch {
+                        id: format!("keep-{}", e.label),
+                        by: AdoptKey::Label(e.label.clone()),
+                    })
+                    .collect(),
+            };
+            let placed = match plan_layout(disk, lba, &plan, Some(&existing)) {
+                Ok(p) => p,
+                Err(e) => {
+                    assert_eq!(e.code, "disk-too-small", "round {round}: {e}");
+                    too_small += 1;
+                    continue;
+                }
+            };
+            ok += 1;
+            assert_eq!(placed.len(), plan.partitions.len() + plan.adopted.len());
+            let mut ranges: Vec<_> = placed.iter().map(|p| (p.first_lba, p.last_lba)).collect();
+            ranges.sort();
+            for w in ranges.windows(2) {
+                assert!(w[0].1 < w[1].0, "round {round}: overlap {w:?}");
+            }
+            let numbers: HashSet<u32> = placed.iter().map(|p| p.number).collect();
+            assert_eq!(numbers.len(), placed.len(), "round {round}: numbers");
+            for p in &placed {
+                assert!(p.first_lba >= geo.first_usable && p.last_lba <= geo.last_usable);
+                if p.adopted {
+                    let e = existing.iter().find(|e| e.label == p.label).unwrap();
+                    assert_eq!(&p.to_entry(), e, "round {round}");
+                } else {
+                    assert_eq!(p.offset() % ALIGNMENT, 0, "round {round}: {} aligned", p.id);
+                    let plan_p = plan.partitions.iter().find(|q| q.id == p.id).unwrap();
+                    match plan_p.size {
+                        PartSize::Fixed(b) => assert_eq!(p.size(), b.div_ceil(lba) * lba),
+                        PartSize::Grow => {
+                            assert!(p.size() >= ALIGNMENT);
+                            // Nothing but alignment slack after it before the next
+                            // partition (or the end of the usable area).
+                            let next = ranges
+                                .iter()
+                                .map(|r| r.0)
+                                .filter(|s| *s > p.last_lba)
+                                .min()
+                                .unwrap_or(geo.last_usable + 1);
+                            let slack = (next - p.last_lba - 1) * lba;
+                            assert!(slack < ALIGNMENT, "round {round}: grow left {slack} bytes");
+                        }
+                    }
+                }
+            }
+            // Plan order is disk order for new partitions.
+            let new: Vec<_> = placed.iter().filter(|p| !p.adopted).collect();
+            let mut by_plan = new.clone();
+            by_plan.sort_by_key(|p| p.id[1..].parse::<usize>().unwrap());
+            let mut by_disk = new.clone();
+            by_disk.sort_by_key(|p| p.first_lba);
+            assert_eq!(by_plan, by_disk, "round {round}: order");
+        }
+        assert!(ok > 500 && too_small > 50, "ok {ok}, too small {too_small}");
+    }
+
     #[test]
     fn write_then_read_roundtrip_and_backup_fallback() {
         let f = tempfile::NamedTempFile::new().unwrap();
