@@ -46,6 +46,12 @@ fn parse_error(path: &str, err: &serde_yaml::Error) -> TridentError {
             message = stripped.to_owned();
         }
     }
+    // serde_yaml prefixes the message with the path, which is kept in a field instead.
+    if let Some((prefix, rest)) = message.split_once(": ") {
+        if !prefix.is_empty() && path.starts_with(prefix) {
+            message = rest.to_owned();
+        }
+    }
     let code = if message.contains("unknown field") {
         "unknown-field"
     } else if message.contains("missing field") {
@@ -274,6 +280,7 @@ os:
         assert_eq!(e.path.as_deref(), Some("storage.disks[0].bogus"));
         assert_eq!((e.line, e.column), (Some(5), Some(5)));
         assert!(!e.message.contains(" at line "), "{}", e.message);
+        assert!(e.message.starts_with("unknown field `bogus`"), "{}", e.message);
     }
 
     #[test]
