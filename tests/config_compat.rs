@@ -13,7 +13,11 @@ fn samples() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
         .collect();
     files.sort();
-    assert!(files.len() >= 8, "expected the Trident samples in {}", dir.display());
+    assert!(
+        files.len() >= 8,
+        "expected the Trident samples in {}",
+        dir.display()
+    );
     files
 }
 
@@ -30,7 +34,11 @@ fn every_sample_parses_and_validates() {
             Err(errs) => failures.push(format!("{}:\n{errs}", path.display())),
         }
     }
-    assert!(failures.is_empty(), "samples rejected:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "samples rejected:\n{}",
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -39,9 +47,15 @@ fn every_sample_round_trips() {
         let yaml = std::fs::read_to_string(&path).unwrap();
         let hc = config::parse(&yaml).unwrap();
         let out = hc.to_yaml().unwrap();
-        let again: HostConfiguration = config::parse(&out)
-            .unwrap_or_else(|e| panic!("{}: re-parsing serialized form: {e}\n{out}", path.display()));
-        assert_eq!(hc, again, "{}: round trip changed the value\n{out}", path.display());
+        let again: HostConfiguration = config::parse(&out).unwrap_or_else(|e| {
+            panic!("{}: re-parsing serialized form: {e}\n{out}", path.display())
+        });
+        assert_eq!(
+            hc,
+            again,
+            "{}: round trip changed the value\n{out}",
+            path.display()
+        );
         // Serializing is stable.
         assert_eq!(out, again.to_yaml().unwrap());
     }
@@ -53,7 +67,10 @@ fn samples_expose_what_the_engine_needs() {
     let (base, _) = config::load_and_validate(&dir.join("base.yaml")).unwrap();
     let pairs = base.storage.ab_volume_pairs();
     assert_eq!(pairs.len(), 1);
-    assert_eq!((pairs[0].volume_a_id.as_str(), pairs[0].volume_b_id.as_str()), ("root-a", "root-b"));
+    assert_eq!(
+        (pairs[0].volume_a_id.as_str(), pairs[0].volume_b_id.as_str()),
+        ("root-a", "root-b")
+    );
     assert_eq!(
         base.trident.datastore_path(),
         Path::new("/var/lib/trident/datastore.sqlite")
@@ -61,13 +78,13 @@ fn samples_expose_what_the_engine_needs() {
     let root_a = base.storage.partition("root-a").unwrap();
     assert_eq!(root_a.partition_type.as_name(), Some("root"));
     assert_eq!(root_a.size.fixed_bytes(), Some(8 << 30));
-    assert_eq!(base.storage.esp_filesystem().unwrap().device_id.as_deref(), Some("esp"));
+    assert_eq!(
+        base.storage.esp_filesystem().unwrap().device_id.as_deref(),
+        Some("esp")
+    );
     assert_eq!(base.storage.swap[0].device_id, "swap");
     assert_eq!(base.health.checks.len(), 2);
-    assert_eq!(
-        base.os.additional_files[0].mode(),
-        Some(0o755)
-    );
+    assert_eq!(base.os.additional_files[0].mode(), Some(0o755));
     let (verity, _) = config::load_and_validate(&dir.join("verity.yaml")).unwrap();
     assert_eq!(verity.storage.verity[0].name, "root");
     assert!(verity.storage.root_filesystem().unwrap().is_read_only());

@@ -44,7 +44,11 @@ fn corpus() -> Vec<PathBuf> {
 
 #[test]
 fn corpus_is_large_enough() {
-    assert!(corpus().len() >= 45, "negative corpus has {} files", corpus().len());
+    assert!(
+        corpus().len() >= 45,
+        "negative corpus has {} files",
+        corpus().len()
+    );
 }
 
 #[test]
@@ -131,8 +135,14 @@ os:
     ] {
         assert!(codes.contains(&want), "missing {want} in {codes:?}");
     }
-    let size = errs.iter().find(|e| e.code == "invalid-partition-size").unwrap();
-    assert_eq!(size.path.as_deref(), Some("storage.disks[0].partitions[1].size"));
+    let size = errs
+        .iter()
+        .find(|e| e.code == "invalid-partition-size")
+        .unwrap();
+    assert_eq!(
+        size.path.as_deref(),
+        Some("storage.disks[0].partitions[1].size")
+    );
     assert_eq!(size.line, Some(7));
     assert_eq!(
         size.category,

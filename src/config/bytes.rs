@@ -145,9 +145,21 @@ mod tests {
     #[test]
     fn rejects_garbage_and_overflow() {
         for bad in [
-            "", "G", "4g", "4GB", "4 G", "-1", "1.5G", "0x10", "4Gi", "18446744073709551616",
+            "",
+            "G",
+            "4g",
+            "4GB",
+            "4 G",
+            "-1",
+            "1.5G",
+            "0x10",
+            "4Gi",
+            "18446744073709551616",
         ] {
-            assert!(bad.parse::<ByteCount>().is_err(), "{bad:?} should not parse");
+            assert!(
+                bad.parse::<ByteCount>().is_err(),
+                "{bad:?} should not parse"
+            );
         }
         // 2^24 T = 2^64 bytes overflows u64.
         assert!("16777216T".parse::<ByteCount>().is_err());
@@ -182,7 +194,13 @@ mod tests {
         assert_eq!(b.bytes(), 4 << 30);
         assert!(serde_yaml::from_str::<ByteCount>("-5").is_err());
         assert!(serde_yaml::from_str::<ByteCount>("1.5").is_err());
-        assert_eq!(serde_yaml::to_string(&ByteCount(4 << 30)).unwrap().trim(), "4G");
-        assert_eq!(serde_yaml::to_string(&ByteCount(100)).unwrap().trim(), "100");
+        assert_eq!(
+            serde_yaml::to_string(&ByteCount(4 << 30)).unwrap().trim(),
+            "4G"
+        );
+        assert_eq!(
+            serde_yaml::to_string(&ByteCount(100)).unwrap().trim(),
+            "100"
+        );
     }
 }

@@ -38,8 +38,8 @@ pub use os::{
 };
 pub use parse::PositionIndex;
 pub use scripts::{
-    runs_on, Check, Health, Script, ScriptSource, Scripts, ServicingType,
-    ServicingTypeSelection, SystemdCheck,
+    runs_on, Check, Health, Script, ScriptSource, Scripts, ServicingType, ServicingTypeSelection,
+    SystemdCheck,
 };
 pub use storage::{
     AbUpdate, AbVolumePair, AdoptedPartition, Disk, EncryptedVolume, Encryption, FileSystem,
@@ -80,10 +80,8 @@ fn is_default<T: Default + PartialEq>(v: &T) -> bool {
 
 impl HostConfiguration {
     /// Serialize back to YAML (parses to an equal value).
-    pub fn to_yaml(&self) -> Result<String, TridentError> {
-        serde_yaml::to_string(self).map_err(|e| {
-            TridentError::internal("serialize-host-configuration", format!("{e}"))
-        })
+    pub fn to_yaml(&self) -> Result<String, serde_yaml::Error> {
+        serde_yaml::to_string(self)
     }
 
     /// Whether an `internalParams` flag is set to `true`.
@@ -132,9 +130,7 @@ pub fn validate(hc: &HostConfiguration) -> Result<Vec<Warning>, TridentErrors> {
 
 /// Parse and validate `yaml`; validation errors and warnings get line/column from the
 /// document where their path is found in it.
-pub fn parse_and_validate(
-    yaml: &str,
-) -> Result<(HostConfiguration, Vec<Warning>), TridentErrors> {
+pub fn parse_and_validate(yaml: &str) -> Result<(HostConfiguration, Vec<Warning>), TridentErrors> {
     let hc = parse(yaml)?;
     let index = PositionIndex::build(yaml);
     match validate(&hc) {
@@ -154,9 +150,7 @@ pub fn parse_and_validate(
 }
 
 /// Read, parse and validate a Host Configuration file.
-pub fn load_and_validate(
-    path: &Path,
-) -> Result<(HostConfiguration, Vec<Warning>), TridentErrors> {
+pub fn load_and_validate(path: &Path) -> Result<(HostConfiguration, Vec<Warning>), TridentErrors> {
     let yaml = std::fs::read_to_string(path).map_err(|e| {
         TridentErrors(vec![TridentError::invalid_input(
             "unreadable-host-configuration",

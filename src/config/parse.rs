@@ -257,11 +257,17 @@ os:
         assert_eq!(idx.locate("storage.disks[0]"), Some((3, 5)));
         assert_eq!(idx.locate("storage.disks[0].id"), Some((3, 5)));
         assert_eq!(idx.locate("storage.disks[0].device"), Some((4, 5)));
-        assert_eq!(idx.locate("storage.disks[0].partitions[1].size"), Some((9, 18)));
+        assert_eq!(
+            idx.locate("storage.disks[0].partitions[1].size"),
+            Some((9, 18))
+        );
         assert_eq!(idx.locate("storage.swap[1]"), Some((10, 13)));
         assert_eq!(idx.locate("os.hostname"), Some((12, 3)));
         // Missing leaf: nearest ancestor.
-        assert_eq!(idx.locate("storage.disks[0].partitions[0].uuid"), Some((6, 7)));
+        assert_eq!(
+            idx.locate("storage.disks[0].partitions[0].uuid"),
+            Some((6, 7))
+        );
         assert_eq!(idx.locate("nothing.here"), None);
     }
 
@@ -280,7 +286,11 @@ os:
         assert_eq!(e.path.as_deref(), Some("storage.disks[0].bogus"));
         assert_eq!((e.line, e.column), (Some(5), Some(5)));
         assert!(!e.message.contains(" at line "), "{}", e.message);
-        assert!(e.message.starts_with("unknown field `bogus`"), "{}", e.message);
+        assert!(
+            e.message.starts_with("unknown field `bogus`"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
@@ -293,6 +303,9 @@ os:
         assert_eq!(code("image: {url: x}\n"), "missing-field");
         assert_eq!(code("os: {selinux: {mode: strict}}\n"), "unknown-variant");
         assert_eq!(code("os: {users: 3}\n"), "invalid-type");
-        assert_eq!(code("os: {hostname: a}\nos: {hostname: b}\n"), "duplicate-key");
+        assert_eq!(
+            code("os: {hostname: a}\nos: {hostname: b}\n"),
+            "duplicate-key"
+        );
     }
 }

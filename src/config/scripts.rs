@@ -54,9 +54,15 @@ pub fn runs_on(run_on: &[ServicingTypeSelection], servicing: ServicingType) -> b
         matches!(
             (s, servicing),
             (ServicingTypeSelection::All, _)
-                | (ServicingTypeSelection::CleanInstall, ServicingType::CleanInstall)
+                | (
+                    ServicingTypeSelection::CleanInstall,
+                    ServicingType::CleanInstall
+                )
                 | (ServicingTypeSelection::AbUpdate, ServicingType::AbUpdate)
-                | (ServicingTypeSelection::RuntimeUpdate, ServicingType::RuntimeUpdate)
+                | (
+                    ServicingTypeSelection::RuntimeUpdate,
+                    ServicingType::RuntimeUpdate
+                )
         )
     })
 }
@@ -267,8 +273,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("`content` is not allowed"), "{e}");
-        let e = serde_yaml::from_str::<Check>("{name: b, content: hi, timeoutSeconds: 5}")
-            .unwrap_err();
+        let e =
+            serde_yaml::from_str::<Check>("{name: b, content: hi, timeoutSeconds: 5}").unwrap_err();
         assert!(e.to_string().contains("timeoutSeconds"), "{e}");
         let e = serde_yaml::from_str::<Check>("{name: b, systemdServices: [x]}").unwrap_err();
         assert!(e.to_string().contains("timeoutSeconds"), "{e}");

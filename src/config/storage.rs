@@ -717,7 +717,9 @@ impl FileSystem {
     }
 
     pub fn is_read_only(&self) -> bool {
-        self.mount_point.as_ref().is_some_and(|m| m.has_option("ro"))
+        self.mount_point
+            .as_ref()
+            .is_some_and(|m| m.has_option("ro"))
     }
 
     /// The filesystem type to create or mount: the explicit type, or the default for the
@@ -877,7 +879,10 @@ mod tests {
         let s: PartitionSize = serde_yaml::from_str("4096").unwrap();
         assert_eq!(s.fixed_bytes(), Some(4096));
         assert!(serde_yaml::from_str::<PartitionSize>("big").is_err());
-        assert_eq!(serde_yaml::to_string(&PartitionSize::Grow).unwrap().trim(), "grow");
+        assert_eq!(
+            serde_yaml::to_string(&PartitionSize::Grow).unwrap().trim(),
+            "grow"
+        );
     }
 
     #[test]
@@ -903,9 +908,13 @@ mod tests {
 
     #[test]
     fn pcr_numbers_and_names() {
-        let v: Vec<Pcr> = serde_yaml::from_str("[7, secure-boot-policy, boot-loader-code, Pcr11, 8]").unwrap();
+        let v: Vec<Pcr> =
+            serde_yaml::from_str("[7, secure-boot-policy, boot-loader-code, Pcr11, 8]").unwrap();
         assert_eq!(v, vec![Pcr(7), Pcr(7), Pcr(4), Pcr(11), Pcr(8)]);
-        assert_eq!(serde_yaml::to_string(&Pcr(7)).unwrap().trim(), "secure-boot-policy");
+        assert_eq!(
+            serde_yaml::to_string(&Pcr(7)).unwrap().trim(),
+            "secure-boot-policy"
+        );
         assert_eq!(serde_yaml::to_string(&Pcr(8)).unwrap().trim(), "8");
         assert!(serde_yaml::from_str::<Pcr>("24").is_err());
         assert!(serde_yaml::from_str::<Pcr>("pcr").is_err());

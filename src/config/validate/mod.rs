@@ -6,8 +6,8 @@ use std::path::Path;
 
 use super::{
     is_sha384_hex, url_scheme, Check, Extension, HostConfiguration, ImageSha384, Script,
-    SelinuxMode, ServicingTypeSelection, SshMode, User, Warning, CONFEXT_DIRS,
-    DEFAULT_CONFEXT_DIR, DEFAULT_SYSEXT_DIR, SYSEXT_DIRS,
+    SelinuxMode, ServicingTypeSelection, SshMode, User, Warning, CONFEXT_DIRS, DEFAULT_CONFEXT_DIR,
+    DEFAULT_SYSEXT_DIR, SYSEXT_DIRS,
 };
 use crate::error::{TridentError, TridentErrors};
 
@@ -70,7 +70,10 @@ fn check_image(hc: &HostConfiguration, cx: &mut Ctx) {
                 cx.invalid(
                     "invalid-image-url",
                     "image.url",
-                    format!("file URL '{}' must name an absolute path (file:///...)", image.url),
+                    format!(
+                        "file URL '{}' must name an absolute path (file:///...)",
+                        image.url
+                    ),
                 );
             }
         }
@@ -85,7 +88,10 @@ fn check_image(hc: &HostConfiguration, cx: &mut Ctx) {
         None => cx.invalid(
             "invalid-image-url",
             "image.url",
-            format!("'{}' is not a URL (expected e.g. https://host/os.cosi)", image.url),
+            format!(
+                "'{}' is not a URL (expected e.g. https://host/os.cosi)",
+                image.url
+            ),
         ),
     }
     match &image.sha384 {
@@ -98,9 +104,7 @@ fn check_image(hc: &HostConfiguration, cx: &mut Ctx) {
         ImageSha384::Checksum(c) if !is_sha384_hex(c) => cx.invalid(
             "invalid-sha384",
             "image.sha384",
-            format!(
-                "'{c}' is not a SHA-384 digest: expected 96 hex digits or the word 'ignored'"
-            ),
+            format!("'{c}' is not a SHA-384 digest: expected 96 hex digits or the word 'ignored'"),
         ),
         ImageSha384::Checksum(_) => {}
     }
@@ -142,7 +146,10 @@ fn check_datastore(hc: &HostConfiguration, graph: &storage::Graph, cx: &mut Ctx)
         );
         return;
     };
-    let mount = fs.mount_path().map(|p| p.display().to_string()).unwrap_or_default();
+    let mount = fs
+        .mount_path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     if fs.device_id.as_deref().is_some_and(|d| graph.is_ab(d)) {
         cx.invalid(
             "datastore-on-ab-volume",
@@ -189,12 +196,18 @@ fn check_script(s: &Script, base: &str, cx: &mut Ctx) {
         (Some(_), Some(_)) => cx.invalid(
             "script-source-conflict",
             base,
-            format!("script '{}' has both content and path; give exactly one", s.name),
+            format!(
+                "script '{}' has both content and path; give exactly one",
+                s.name
+            ),
         ),
         (None, None) => cx.invalid(
             "missing-script-source",
             base,
-            format!("script '{}' has neither content nor path; give exactly one", s.name),
+            format!(
+                "script '{}' has neither content nor path; give exactly one",
+                s.name
+            ),
         ),
         (None, Some(p)) if !p.is_absolute() => cx.invalid(
             "path-not-absolute",
@@ -231,7 +244,9 @@ fn check_script(s: &Script, base: &str, cx: &mut Ctx) {
             cx.invalid(
                 "invalid-environment-variable",
                 format!("{base}.environmentVariables.{key}"),
-                format!("'{key}' is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"),
+                format!(
+                    "'{key}' is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                ),
             );
         }
     }
@@ -253,7 +268,11 @@ fn check_health(hc: &HostConfiguration, cx: &mut Ctx) {
             Check::Script(s) => check_script(s, &base, cx),
             Check::SystemdCheck(c) => {
                 if c.name.trim().is_empty() {
-                    cx.invalid("missing-check-name", format!("{base}.name"), "the check needs a name");
+                    cx.invalid(
+                        "missing-check-name",
+                        format!("{base}.name"),
+                        "the check needs a name",
+                    );
                 }
                 if c.systemd_services.is_empty() {
                     cx.invalid(
@@ -322,7 +341,9 @@ fn check_health(hc: &HostConfiguration, cx: &mut Ctx) {
 
 fn valid_username(name: &str) -> bool {
     let mut chars = name.chars();
-    let Some(first) = chars.next() else { return false };
+    let Some(first) = chars.next() else {
+        return false;
+    };
     name.len() <= 32
         && (first.is_ascii_lowercase() || first == '_')
         && name
@@ -385,7 +406,11 @@ fn check_users(users: &[User], base: &str, cx: &mut Ctx) {
 
 fn check_netplan(netplan: &serde_yaml::Value, base: &str, cx: &mut Ctx) {
     let Some(map) = netplan.as_mapping() else {
-        cx.invalid("invalid-netplan", base, "netplan configuration must be a mapping");
+        cx.invalid(
+            "invalid-netplan",
+            base,
+            "netplan configuration must be a mapping",
+        );
         return;
     };
     match map.get("version") {
@@ -414,7 +439,14 @@ fn check_netplan(netplan: &serde_yaml::Value, base: &str, cx: &mut Ctx) {
         }
     }
     for section in [
-        "ethernets", "bridges", "bonds", "vlans", "wifis", "tunnels", "dummy-devices", "vrfs",
+        "ethernets",
+        "bridges",
+        "bonds",
+        "vlans",
+        "wifis",
+        "tunnels",
+        "dummy-devices",
+        "vrfs",
     ] {
         let Some(devices) = map.get(section).and_then(|d| d.as_mapping()) else {
             continue;
@@ -599,17 +631,40 @@ fn check_os(hc: &HostConfiguration, graph: &storage::Graph, cx: &mut Ctx) {
     let mut modules: HashMap<&str, usize> = HashMap::new();
     for (i, m) in os.modules.iter().enumerate() {
         if m.name.trim().is_empty() {
-            cx.invalid("invalid-module-name", format!("os.modules[{i}].name"), "module name is empty");
+            cx.invalid(
+                "invalid-module-name",
+                format!("os.modules[{i}].name"),
+                "module name is empty",
+            );
         } else if let Some(first) = modules.insert(&m.name, i) {
             cx.invalid(
                 "duplicate-module",
                 format!("os.modules[{i}].name"),
-                format!("module '{}' is already configured at os.modules[{first}]", m.name),
+                format!(
+                    "module '{}' is already configured at os.modules[{first}]",
+                    m.name
+                ),
             );
         }
     }
-    check_extensions(&os.sysexts, "sysexts", DEFAULT_SYSEXT_DIR, &SYSEXT_DIRS, hc, graph, cx);
-    check_extensions(&os.confexts, "confexts", DEFAULT_CONFEXT_DIR, &CONFEXT_DIRS, hc, graph, cx);
+    check_extensions(
+        &os.sysexts,
+        "sysexts",
+        DEFAULT_SYSEXT_DIR,
+        &SYSEXT_DIRS,
+        hc,
+        graph,
+        cx,
+    );
+    check_extensions(
+        &os.confexts,
+        "confexts",
+        DEFAULT_CONFEXT_DIR,
+        &CONFEXT_DIRS,
+        hc,
+        graph,
+        cx,
+    );
     let selinux_on = matches!(
         os.selinux.mode,
         Some(SelinuxMode::Permissive | SelinuxMode::Enforcing)

@@ -240,7 +240,11 @@ fn build_nodes<'a>(st: &'a Storage, cx: &mut Ctx) -> Graph<'a> {
         data_child: None,
     };
     for (i, d) in st.disks.iter().enumerate() {
-        add(cx, &d.id, node(Kind::Disk, format!("storage.disks[{i}].id")));
+        add(
+            cx,
+            &d.id,
+            node(Kind::Disk, format!("storage.disks[{i}].id")),
+        );
         for (j, p) in d.partitions.iter().enumerate() {
             let mut n = node(
                 Kind::Partition,
@@ -267,7 +271,10 @@ fn build_nodes<'a>(st: &'a Storage, cx: &mut Ctx) -> Graph<'a> {
         add(cx, &r.id, n);
     }
     for (i, p) in st.ab_volume_pairs().iter().enumerate() {
-        let mut n = node(Kind::AbVolume, format!("storage.abUpdate.volumePairs[{i}].id"));
+        let mut n = node(
+            Kind::AbVolume,
+            format!("storage.abUpdate.volumePairs[{i}].id"),
+        );
         n.children = vec![&p.volume_a_id, &p.volume_b_id];
         add(cx, &p.id, n);
     }
@@ -312,7 +319,12 @@ fn referrer_entries<'a>(st: &'a Storage, cx: &mut Ctx) -> Vec<Entry<'a>> {
                 .devices
                 .iter()
                 .enumerate()
-                .map(|(j, d)| (d.as_str(), format!("storage.raid.software[{i}].devices[{j}]")))
+                .map(|(j, d)| {
+                    (
+                        d.as_str(),
+                        format!("storage.raid.software[{i}].devices[{j}]"),
+                    )
+                })
                 .collect(),
         });
     }
@@ -426,7 +438,10 @@ fn check_references(graph: &Graph, entries: &[Entry], cx: &mut Ctx) {
                 cx.invalid(
                     "unknown-block-device-id",
                     path,
-                    format!("{} refers to '{target}', which is not a declared block device", e.name),
+                    format!(
+                        "{} refers to '{target}', which is not a declared block device",
+                        e.name
+                    ),
                 );
                 continue;
             };
@@ -492,7 +507,11 @@ fn check_references(graph: &Graph, entries: &[Entry], cx: &mut Ctx) {
                 format!(
                     "{} must refer to devices of one kind, got {}",
                     e.name,
-                    kinds.iter().map(|k| k.as_str()).collect::<Vec<_>>().join(" and ")
+                    kinds
+                        .iter()
+                        .map(|k| k.as_str())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
                 ),
             );
         }
@@ -500,7 +519,12 @@ fn check_references(graph: &Graph, entries: &[Entry], cx: &mut Ctx) {
             .refs
             .iter()
             .map(|(t, _)| *t)
-            .filter(|t| graph.nodes.get(t).is_some_and(|n| e.referrer.allows(n.kind)))
+            .filter(|t| {
+                graph
+                    .nodes
+                    .get(t)
+                    .is_some_and(|n| e.referrer.allows(n.kind))
+            })
             .collect();
         match e.referrer {
             Referrer::VerityDevice => check_verity_types(graph, e, cx),
@@ -620,35 +644,84 @@ fn check_unique_fields(st: &Storage, cx: &mut Ctx) {
     let mut seen = HashMap::new();
     for (i, d) in st.disks.iter().enumerate() {
         let path = format!("storage.disks[{i}].device");
-        unique(cx, &mut seen, "disk device", d.device.display().to_string(), path, "duplicate-disk-device");
+        unique(
+            cx,
+            &mut seen,
+            "disk device",
+            d.device.display().to_string(),
+            path,
+            "duplicate-disk-device",
+        );
     }
     for (i, d) in st.disks.iter().enumerate() {
         for (j, p) in d.partitions.iter().enumerate() {
             if let Some(u) = p.uuid {
                 let path = format!("storage.disks[{i}].partitions[{j}].uuid");
-                unique(cx, &mut seen, "partition UUID", u.to_string(), path, "duplicate-partition-uuid");
+                unique(
+                    cx,
+                    &mut seen,
+                    "partition UUID",
+                    u.to_string(),
+                    path,
+                    "duplicate-partition-uuid",
+                );
             }
         }
         for (j, p) in d.adopted_partitions.iter().enumerate() {
             let base = format!("storage.disks[{i}].adoptedPartitions[{j}]");
             if let Some(l) = &p.match_label {
-                unique(cx, &mut seen, "adopted partition label", l.clone(), format!("{base}.matchLabel"), "duplicate-adopted-match");
+                unique(
+                    cx,
+                    &mut seen,
+                    "adopted partition label",
+                    l.clone(),
+                    format!("{base}.matchLabel"),
+                    "duplicate-adopted-match",
+                );
             }
             if let Some(u) = p.match_uuid {
-                unique(cx, &mut seen, "adopted partition UUID", u.to_string(), format!("{base}.matchUuid"), "duplicate-adopted-match");
+                unique(
+                    cx,
+                    &mut seen,
+                    "adopted partition UUID",
+                    u.to_string(),
+                    format!("{base}.matchUuid"),
+                    "duplicate-adopted-match",
+                );
             }
         }
     }
     for (i, r) in st.raid.software.iter().enumerate() {
-        unique(cx, &mut seen, "RAID array name", r.name.clone(), format!("storage.raid.software[{i}].name"), "duplicate-raid-name");
+        unique(
+            cx,
+            &mut seen,
+            "RAID array name",
+            r.name.clone(),
+            format!("storage.raid.software[{i}].name"),
+            "duplicate-raid-name",
+        );
     }
     if let Some(enc) = &st.encryption {
         for (i, v) in enc.volumes.iter().enumerate() {
-            unique(cx, &mut seen, "encrypted volume deviceName", v.device_name.clone(), format!("storage.encryption.volumes[{i}].deviceName"), "duplicate-device-name");
+            unique(
+                cx,
+                &mut seen,
+                "encrypted volume deviceName",
+                v.device_name.clone(),
+                format!("storage.encryption.volumes[{i}].deviceName"),
+                "duplicate-device-name",
+            );
         }
     }
     for (i, v) in st.verity.iter().enumerate() {
-        unique(cx, &mut seen, "verity device name", v.name.clone(), format!("storage.verity[{i}].name"), "duplicate-device-name");
+        unique(
+            cx,
+            &mut seen,
+            "verity device name",
+            v.name.clone(),
+            format!("storage.verity[{i}].name"),
+            "duplicate-device-name",
+        );
     }
 }
 
@@ -736,7 +809,9 @@ fn check_partitions(st: &Storage, cx: &mut Ctx) {
                     cx.invalid(
                         "partition-label-too-long",
                         format!("{base}.label"),
-                        format!("partition label '{label}' is longer than the 36 characters GPT allows"),
+                        format!(
+                            "partition label '{label}' is longer than the 36 characters GPT allows"
+                        ),
                     );
                 }
             }
@@ -772,7 +847,10 @@ fn check_filesystems(st: &Storage, cx: &mut Ctx) {
             (FileSystemSource::New, Some(t)) if !t.valid_for_new() => cx.invalid(
                 "invalid-filesystem-type",
                 format!("{base}.type"),
-                format!("a new filesystem cannot be of type {}; use ext4, xfs, vfat, ntfs or tmpfs", t.as_str()),
+                format!(
+                    "a new filesystem cannot be of type {}; use ext4, xfs, vfat, ntfs or tmpfs",
+                    t.as_str()
+                ),
             ),
             (FileSystemSource::Adopted, Some(t)) if !t.valid_for_adopted() => cx.invalid(
                 "invalid-filesystem-type",
@@ -880,30 +958,38 @@ fn check_required_mounts(hc: &HostConfiguration, cx: &mut Ctx) {
             "storage.filesystems",
             "no filesystem is mounted at /; the target OS needs a root filesystem",
         ),
-        None => {}
-        Some(root) => {
-            if root.source == FileSystemSource::New {
-                let i = st.filesystems.iter().position(|f| std::ptr::eq(f, root)).unwrap_or(0);
-                cx.invalid(
-                    "root-not-from-image",
-                    format!("storage.filesystems[{i}].source"),
-                    "the root filesystem must come from the image (source: image) or an \
-                     adopted partition; a new, empty filesystem at / has no OS",
-                );
-            }
+        Some(root) if root.source == FileSystemSource::New => {
+            let i = st
+                .filesystems
+                .iter()
+                .position(|f| std::ptr::eq(f, root))
+                .unwrap_or(0);
+            cx.invalid(
+                "root-not-from-image",
+                format!("storage.filesystems[{i}].source"),
+                "the root filesystem must come from the image (source: image) or an adopted \
+                 partition; a new, empty filesystem at / has no OS",
+            );
         }
+        _ => {}
     }
     if declared {
         if let Some(fs) = st.filesystem_holding("/var/tmp") {
             if fs.is_read_only() {
-                let i = st.filesystems.iter().position(|f| std::ptr::eq(f, fs)).unwrap_or(0);
+                let i = st
+                    .filesystems
+                    .iter()
+                    .position(|f| std::ptr::eq(f, fs))
+                    .unwrap_or(0);
                 cx.invalid(
                     "read-only-var-tmp",
                     format!("storage.filesystems[{i}].mountPoint"),
                     format!(
                         "/var/tmp would be on the read-only mount {}; mount a writable \
                          filesystem at /var or /var/tmp",
-                        fs.mount_path().map(|p| p.display().to_string()).unwrap_or_default()
+                        fs.mount_path()
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
                     ),
                 );
             }
@@ -951,7 +1037,10 @@ fn check_verity(hc: &HostConfiguration, graph: &Graph, cx: &mut Ctx) {
         cx.invalid(
             "verity-filesystem-without-mount-point",
             base,
-            format!("the filesystem on verity device '{}' needs a mountPoint", v.id),
+            format!(
+                "the filesystem on verity device '{}' needs a mountPoint",
+                v.id
+            ),
         );
         return;
     };
@@ -1133,7 +1222,11 @@ fn check_names(st: &Storage, cx: &mut Ctx) {
     }
     if let Some(enc) = &st.encryption {
         for (i, v) in enc.volumes.iter().enumerate() {
-            report(cx, &v.device_name, format!("storage.encryption.volumes[{i}].deviceName"));
+            report(
+                cx,
+                &v.device_name,
+                format!("storage.encryption.volumes[{i}].deviceName"),
+            );
         }
     }
     for (i, v) in st.verity.iter().enumerate() {
