@@ -11,6 +11,7 @@ use super::{
 };
 use crate::error::{TridentError, TridentErrors};
 
+mod graph;
 mod storage;
 
 /// Collects errors and warnings.
@@ -110,7 +111,7 @@ fn check_image(hc: &HostConfiguration, cx: &mut Ctx) {
     }
 }
 
-fn check_datastore(hc: &HostConfiguration, graph: &storage::Graph, cx: &mut Ctx) {
+fn check_datastore(hc: &HostConfiguration, graph: &graph::Graph, cx: &mut Ctx) {
     if hc.trident.disable {
         return;
     }
@@ -476,7 +477,7 @@ fn check_extensions(
     default_dir: &str,
     dirs: &[&str],
     hc: &HostConfiguration,
-    graph: &storage::Graph,
+    graph: &graph::Graph,
     cx: &mut Ctx,
 ) {
     let mut hashes: HashMap<String, usize> = HashMap::new();
@@ -551,7 +552,7 @@ fn check_extensions(
     }
 }
 
-fn check_os(hc: &HostConfiguration, graph: &storage::Graph, cx: &mut Ctx) {
+fn check_os(hc: &HostConfiguration, graph: &graph::Graph, cx: &mut Ctx) {
     let os = &hc.os;
     check_users(&os.users, "os.users", cx);
     if let Some(n) = &os.netplan {
@@ -680,7 +681,7 @@ fn check_os(hc: &HostConfiguration, graph: &storage::Graph, cx: &mut Ctx) {
         .storage
         .root_filesystem()
         .and_then(|fs| fs.device_id.as_deref())
-        .is_some_and(|d| graph.kind(d) == Some(storage::Kind::VerityDevice));
+        .is_some_and(|d| graph.kind(d) == Some(graph::Kind::VerityDevice));
     if root_on_verity && selinux_on {
         cx.warn(
             "selinux-with-root-verity",
