@@ -290,6 +290,11 @@ fn warnings_for_accepted_but_suspicious_input() {
             "os.users[0].sshPublicKeys",
         ),
         (
+            "trident:\n  enableGrpc: true\n",
+            "grpc-not-available",
+            "trident.enableGrpc",
+        ),
+        (
             "health:\n  checks:\n  - {name: c, runOn: [runtime-update], content: 'true'}\n",
             "health-check-never-runs",
             "health.checks[0].runOn",
@@ -307,6 +312,20 @@ fn warnings_for_accepted_but_suspicious_input() {
     }
     let (_, none) = config::parse_and_validate(&minimal("")).unwrap();
     assert!(none.is_empty(), "{none:?}");
+}
+
+#[test]
+fn old_uefi_fallback_spellings_are_aliases() {
+    for (old, new) in [
+        ("rollback", UefiFallbackMode::Conservative),
+        ("rollforward", UefiFallbackMode::Optimistic),
+        ("none", UefiFallbackMode::Disabled),
+        ("conservative", UefiFallbackMode::Conservative),
+    ] {
+        let yaml = minimal(&format!("os:\n  uefiFallback: {old}\n"));
+        let (hc, _) = config::parse_and_validate(&yaml).unwrap();
+        assert_eq!(hc.os.uefi_fallback, Some(new));
+    }
 }
 
 #[test]

@@ -58,15 +58,19 @@ pub enum SelinuxMode {
     Enforcing,
 }
 
-/// UEFI fallback (`\EFI\BOOT`) handling.
+/// UEFI fallback (`\EFI\BOOT`) handling. Earlier Trident releases spelled the modes
+/// `rollback`, `rollforward` and `none`; those are accepted as aliases.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UefiFallbackMode {
     /// Fallback boots the servicing OS until the update is committed.
+    #[serde(alias = "rollback")]
     Conservative,
     /// Fallback boots the new OS from finalize on.
+    #[serde(alias = "rollforward")]
     Optimistic,
     /// No fallback boot files.
+    #[serde(alias = "none")]
     Disabled,
 }
 

@@ -13,6 +13,10 @@ pub struct Trident {
     /// Do not enable Trident on the target OS; the other fields are then ignored.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disable: bool,
+    /// Trident's gRPC server on the target OS. This agent offers D-Bus instead
+    /// (`io.trident.Trident1`); `true` is accepted with a warning.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enable_grpc: bool,
     /// SQLite datastore; [`DEFAULT_DATASTORE_PATH`] when unset. Must end in `.sqlite` and
     /// lie on a writable mount that is not an A/B volume.
     #[serde(default, skip_serializing_if = "Option::is_none")]

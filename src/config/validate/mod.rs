@@ -115,6 +115,14 @@ fn check_datastore(hc: &HostConfiguration, graph: &graph::Graph, cx: &mut Ctx) {
     if hc.trident.disable {
         return;
     }
+    if hc.trident.enable_grpc {
+        cx.warn(
+            "grpc-not-available",
+            "trident.enableGrpc",
+            "this agent has no gRPC server; it is controlled over D-Bus (io.trident.Trident1) \
+             and the trident CLI",
+        );
+    }
     let path = hc.trident.datastore_path();
     let yaml_path = "trident.datastorePath";
     if !path.is_absolute() {
