@@ -26,9 +26,10 @@ fn every_sample_parses_and_validates() {
     let mut failures = Vec::new();
     for path in samples() {
         match config::load_and_validate(&path) {
+            // The samples are canonical: a warning on them would be a false alarm.
             Ok((_, warnings)) => {
                 for w in warnings {
-                    eprintln!("{}: {w}", path.display());
+                    failures.push(format!("{}: unexpected {w}", path.display()));
                 }
             }
             Err(errs) => failures.push(format!("{}:\n{errs}", path.display())),

@@ -267,7 +267,7 @@ fn default_configuration_round_trips() {
 
 fn minimal(extra: &str) -> String {
     format!(
-        "storage:\n  disks:\n  - id: os\n    device: /dev/sda\n    partitions:\n    - {{id: esp, type: esp, size: 64M}}\n    - {{id: root, type: root, size: 4G}}\n  filesystems:\n  - {{deviceId: esp, mountPoint: /boot/efi}}\n  - {{deviceId: root, mountPoint: /}}\n{extra}"
+        "storage:\n  disks:\n  - id: os\n    device: /dev/sda\n    partitions:\n    - {{id: esp, type: esp, size: 64M}}\n    - {{id: root, type: root, size: 4G}}\n    - {{id: var, type: var, size: 1G}}\n  filesystems:\n  - {{deviceId: esp, mountPoint: /boot/efi}}\n  - {{deviceId: root, mountPoint: /}}\n{extra}"
     )
 }
 
@@ -288,6 +288,11 @@ fn warnings_for_accepted_but_suspicious_input() {
             "os:\n  users:\n  - name: alice\n    sshMode: key-only\n",
             "ssh-key-only-without-keys",
             "os.users[0].sshPublicKeys",
+        ),
+        (
+            "  - {deviceId: var, source: new, mountPoint: /srv}\n",
+            "unexpected-mount-point",
+            "storage.filesystems[2].mountPoint",
         ),
         (
             "trident:\n  enableGrpc: true\n",
@@ -351,5 +356,5 @@ fn load_and_validate_reports_unreadable_files() {
     let errs = config::load_and_validate(&p).unwrap_err();
     assert_eq!(errs.0[0].code, "invalid-hostname");
     assert_eq!(errs.0[0].device.as_deref(), Some(p.to_str().unwrap()));
-    assert_eq!(errs.0[0].line, Some(12));
+    assert_eq!(errs.0[0].line, Some(13));
 }

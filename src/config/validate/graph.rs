@@ -719,3 +719,54 @@ fn unique(
         seen.insert((what, value), path);
     }
 }
+
+/// Mount paths the Discoverable Partitions Specification expects for a partition type;
+/// `None` = any path, `Some(&[])` = never mounted.
+fn expected_mount_paths(t: PartitionType) -> Option<&'static [&'static str]> {
+    use PartitionType::*;
+    Some(match t {
+        Esp => &["/boot", "/efi", "/boot/efi"],
+        Root => &["/"],
+        Home => &["/home"],
+        Var => &["/var"],
+        Usr => &["/usr"],
+        Tmp => &["/var/tmp"],
+        Srv => &["/srv"],
+        Xbootldr => &["/boot"],
+        Swap | RootVerity | UsrVerity => &[],
+        LinuxGeneric | Guid(_) => return None,
+    })
+}
+
+/// Warn when a filesystem is mounted somewhere its partition type does not belong (a
+/// warning, as in Trident: systemd's auto-mounting by type is the only thing at stake).
+pub(super) fn check_mount_types(st: &Storage, graph: &Graph, cx: &mut Ctx) {
+    for (i, fs) in st.filesystems.iter().enumerate() {
+        let (Some(dev), Some(mp)) = (&fs.device_id, fs.mount_path()) else {
+            continue;
+        };
+        for leaf in graph.leaves(dev) {
+            let Some(expected) = expected_mount_paths(leaf.partition_type) else {
+                continue;
+            };
+            if !expected.iter().any(|e| mp == std::path::Path::new(e)) {
+                cx.warn(
+                    "unexpected-mount-point",
+                    format!("storage.filesystems[{i}].mountPoint"),
+                    format!(
+                        "partition '{}' of type {} is mounted at {}; that type belongs at {}",
+                        leaf.id,
+                        leaf.partition_type,
+                        mp.display(),
+                        if expected.is_empty() {
+                            "no mount point".to_owned()
+                        } else {
+                            expected.join(" or ")
+                        }
+                    ),
+                );
+                break;
+            }
+        }
+    }
+}

@@ -16,6 +16,7 @@ pub(super) fn check<'a>(hc: &'a HostConfiguration, cx: &mut Ctx) -> Graph<'a> {
     let entries = graph::referrer_entries(st, cx);
     graph::check_references(&graph, &entries, cx);
     graph::check_unique_fields(st, cx);
+    graph::check_mount_types(st, &graph, cx);
     check_partitions(st, cx);
     check_filesystems(st, cx);
     check_required_mounts(hc, cx);
