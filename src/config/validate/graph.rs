@@ -770,3 +770,69 @@ pub(super) fn check_mount_types(st: &Storage, graph: &Graph, cx: &mut Ctx) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "\
+storage:
+  disks:
+  - id: d
+    device: /dev/sda
+    partitions:
+    - {id: a1, type: root, size: 1G}
+    - {id: a2, type: root, size: 1G}
+    - {id: b1, type: root, size: 1G}
+    - {id: b2, type: root, size: 1G}
+    - {id: ha, type: root-verity, size: 64M}
+    - {id: hb, type: root-verity, size: 64M}
+  raid:
+    software:
+    - {id: ra, name: ra, level: raid1, devices: [a1, a2]}
+    - {id: rb, name: rb, level: raid1, devices: [b1, b2]}
+  abUpdate:
+    volumePairs:
+    - {id: data, volumeAId: ra, volumeBId: rb}
+    - {id: hash, volumeAId: ha, volumeBId: hb}
+  verity:
+  - {id: root, name: root, dataDeviceId: data, hashDeviceId: hash}
+";
+
+    #[test]
+    fn leaves_follow_raid_ab_and_verity_data_only() {
+        let hc = crate::config::parse(DOC).unwrap();
+        let mut cx = Ctx::default();
+        let g = build_nodes(&hc.storage, &mut cx);
+        assert!(cx.errors.is_empty());
+        let ids = |id: &str| -> Vec<String> { g.leaves(id).iter().map(|p| p.id.clone()).collect() };
+        assert_eq!(ids("ra"), ["a1", "a2"]);
+        assert_eq!(ids("data"), ["a1", "a2", "b1", "b2"]);
+        // Verity resolves to its data side only: the hash partitions have another type.
+        assert_eq!(ids("root"), ["a1", "a2", "b1", "b2"]);
+        assert!(g.is_ab("data") && g.is_ab("root") && !g.is_ab("ra") && !g.is_ab("a1"));
+        assert_eq!(g.kind("hash"), Some(Kind::AbVolume));
+        assert_eq!(g.kind("nope"), None);
+    }
+
+    #[test]
+    fn referrer_table_matches_trident() {
+        use Kind::*;
+        assert!(Referrer::FsImage.allows(VerityDevice));
+        assert!(!Referrer::FsNew.allows(VerityDevice));
+        assert!(Referrer::FsEsp.allows(AdoptedPartition));
+        assert!(!Referrer::FsEsp.allows(AbVolume));
+        assert!(!Referrer::RaidArray.allows(RaidArray));
+        assert!(Referrer::Swap.allows(EncryptedVolume));
+        assert!(!Referrer::Swap.allows(RaidArray));
+        assert!(Referrer::AbVolume.allows(EncryptedVolume));
+        assert!(!Referrer::VerityDevice.allows(EncryptedVolume));
+        assert!(Referrer::EncryptedVolume
+            .allowed_partition_type(PartitionType::Home)
+            .is_err());
+        assert!(Referrer::EncryptedVolume
+            .allowed_partition_type(PartitionType::Srv)
+            .is_ok());
+        assert!(expected_mount_paths(PartitionType::LinuxGeneric).is_none());
+    }
+}
