@@ -1,0 +1,706 @@
+//! The EFI System Partition, edited in user space.
+//!
+//! Two kinds of access share the [`EspFs`] trait:
+//! - [`FatEsp`]: the FAT filesystem read and written with the `fatfs` crate, on a block
+//!   device or on a byte range of an image file ([`Region`]). No mount, no root, works on
+//!   kernels without vfat. Use it on an ESP that is **not mounted** (install, images);
+//!   writing under a mounted vfat would corrupt it.
+//! - [`DirEsp`]: an ESP the running kernel has mounted (`/boot/efi`, `/efi`).
+//!
+//! Paths are `/`-separated and relative to the ESP root (a leading `/` is accepted);
+//! FAT compares names case-insensitively.
+//!
+//! # Crash safety
+//! FAT has no journal and no atomic rename-over, so [`FatEsp::write_file`] replaces a
+//! file in steps that leave a complete copy at every point:
+//! 1. write `NAME.trident-part`, flush and fsync the device;
+//! 2. rename it to `NAME.trident-new` (marks the new content complete), fsync;
+//! 3. delete `NAME`, rename `NAME.trident-new` to `NAME`, fsync.
+//!
+//! [`FatEsp::open`] finishes an interrupted replacement: `*.trident-part` files are
+//! deleted, a `*.trident-new` file replaces its target. What remains unprotected is a
+//! power cut in the middle of one FAT metadata update (a directory entry or FAT sector
+//! half-written, or a rename caught between creating the new entry and deleting the old,
+//! which leaves two entries for one cluster chain); `fsck.vfat` repairs those. Boot
+//! entries are written after the files they reference, so a torn update leaves at worst
+//! an entry missing, never one that points at half a kernel.
+
+use anyhow::{bail, ensure, Context, Result};
+use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+
+const PART_SUFFIX: &str = ".trident-part";
+const NEW_SUFFIX: &str = ".trident-new";
+
+/// A `Read + Write + Seek` view of `len` bytes of a file starting at `offset`: a
+/// partition inside a disk image, or a whole block device.
+#[derive(Debug)]
+pub struct Region {
+    file: File,
+    offset: u64,
+    len: u64,
+    pos: u64,
+}
+
+impl Region {
+    /// `len = None` means "to the end of the file or device".
+    pub fn new(mut file: File, offset: u64, len: Option<u64>) -> io::Result<Self> {
+        let size = file.seek(SeekFrom::End(0))?;
+        let len = match len {
+            Some(l) => l,
+            None => size.saturating_sub(offset),
+        };
+        if offset.checked_add(len).map_or(true, |end| end > size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {offset}+{len} lies outside the {size}-byte file"),
+            ));
+        }
+        Ok(Self {
+            file,
+            offset,
+            len,
+            pos: 0,
+        })
+    }
+
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn remaining(&self, want: usize) -> usize {
+        (self.len.saturating_sub(self.pos)).min(want as u64) as usize
+    }
+}
+
+impl Read for Region {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.remaining(buf.len());
+        if n == 0 {
+            return Ok(0);
+        }
+        self.file.seek(SeekFrom::Start(self.offset + self.pos))?;
+        let got = self.file.read(&mut buf[..n])?;
+        self.pos += got as u64;
+        Ok(got)
+    }
+}
+
+impl Write for Region {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.remaining(buf.len());
+        if n == 0 && !buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "write past the end of the region",
+            ));
+        }
+        self.file.seek(SeekFrom::Start(self.offset + self.pos))?;
+        let put = self.file.write(&buf[..n])?;
+        self.pos += put as u64;
+        Ok(put)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl Seek for Region {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let new = match pos {
+            SeekFrom::Start(p) => Some(p),
+            SeekFrom::End(d) => self.len.checked_add_signed(d),
+            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
+        };
+        match new {
+            Some(p) => {
+                self.pos = p;
+                Ok(p)
+            }
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the region",
+            )),
+        }
+    }
+}
+
+/// Where an ESP's FAT filesystem lives: a device or image file and a byte range in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FatLocation {
+    pub path: PathBuf,
+    pub offset: u64,
+    /// `None`: to the end of the file or device.
+    pub len: Option<u64>,
+}
+
+impl FatLocation {
+    /// A whole device or file.
+    pub fn whole(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            offset: 0,
+            len: None,
+        }
+    }
+
+    fn open_region(&self) -> Result<Region> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.path)
+            .with_context(|| format!("opening {}", self.path.display()))?;
+        Region::new(file, self.offset, self.len).with_context(|| {
+            format!(
+                "limiting {} to offset {} length {:?}",
+                self.path.display(),
+                self.offset,
+                self.len
+            )
+        })
+    }
+
+    fn describe(&self) -> String {
+        if self.offset == 0 && self.len.is_none() {
+            self.path.display().to_string()
+        } else {
+            format!("{}@{}", self.path.display(), self.offset)
+        }
+    }
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EspEntry {
+    pub name: String,
+    pub is_dir: bool,
+    pub size: u64,
+}
+
+/// File operations on an ESP, whichever way it is reached.
+pub trait EspFs {
+    /// Human-readable location for logs and errors.
+    fn describe(&self) -> String;
+    fn read_file(&self, path: &str) -> Result<Vec<u8>>;
+    /// Create or replace a file (parent directories are created), crash-safely as far
+    /// as the filesystem allows.
+    fn write_file(&self, path: &str, data: &[u8]) -> Result<()>;
+    /// Entries of a directory, sorted by name, without `.` and `..`.
+    fn list(&self, dir: &str) -> Result<Vec<EspEntry>>;
+    fn exists(&self, path: &str) -> Result<bool>;
+    /// Remove a file or an empty directory; a missing path is not an error.
+    fn remove(&self, path: &str) -> Result<()>;
+    fn create_dir_all(&self, dir: &str) -> Result<()>;
+    /// Push everything written so far to stable storage.
+    fn sync(&self) -> Result<()>;
+}
+
+/// Split an ESP path into components, refusing `..` and empty names.
+pub fn components(path: &str) -> Result<Vec<&str>> {
+    let parts: Vec<&str> = path
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for c in &parts {
+        ensure!(*c != "..", "ESP path {path:?} must not contain '..'");
+        ensure!(
+            !c.contains('\\') && !c.contains('\0'),
+            "ESP path {path:?} must use '/' separators"
+        );
+    }
+    Ok(parts)
+}
+
+fn split_parent(path: &str) -> Result<(String, String)> {
+    let mut parts = components(path)?;
+    let name = parts
+        .pop()
+        .with_context(|| format!("ESP path {path:?} names no file"))?;
+    Ok((parts.join("/"), name.to_string()))
+}
+
+/// An unmounted FAT ESP, edited with `fatfs`.
+pub struct FatEsp {
+    fs: FileSystem<Region>,
+    sync_handle: File,
+    location: FatLocation,
+}
+
+impl std::fmt::Debug for FatEsp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FatEsp")
+            .field("location", &self.location)
+            .finish()
+    }
+}
+
+/// Make a FAT32 filesystem labelled `label` (at most 11 characters) at `loc`.
+/// FAT32 needs at least 65525 clusters: about 33 MiB with 512-byte clusters.
+pub fn format_fat32(loc: &FatLocation, label: &str) -> Result<()> {
+    ensure!(
+        label.len() <= 11 && label.is_ascii(),
+        "FAT label {label:?} must be at most 11 ASCII characters"
+    );
+    let mut label11 = [b' '; 11];
+    for (dst, src) in label11.iter_mut().zip(label.to_ascii_uppercase().bytes()) {
+        *dst = src;
+    }
+    let region = loc.open_region()?;
+    ensure!(
+        region.len() >= 34 * 1024 * 1024,
+        "{} is {} bytes; a FAT32 ESP needs at least 34 MiB",
+        loc.describe(),
+        region.len()
+    );
+    tracing::info!(location = %loc.describe(), label, "formatting FAT32");
+    let mut region = region;
+    fatfs::format_volume(
+        &mut region,
+        FormatVolumeOptions::new()
+            .fat_type(FatType::Fat32)
+            .volume_label(label11),
+    )
+    .with_context(|| format!("formatting {} as FAT32", loc.describe()))?;
+    region
+        .flush()
+        .with_context(|| format!("syncing {}", loc.describe()))
+}
+
+impl FatEsp {
+    /// Open the FAT filesystem at `loc` and finish any interrupted file replacement.
+    pub fn open(loc: &FatLocation) -> Result<Self> {
+        let region = loc.open_region()?;
+        let sync_handle = region
+            .file
+            .try_clone()
+            .with_context(|| format!("duplicating handle of {}", loc.path.display()))?;
+        let fs = FileSystem::new(region, FsOptions::new())
+            .with_context(|| format!("reading the FAT filesystem on {}", loc.describe()))?;
+        let esp = Self {
+            fs,
+            sync_handle,
+            location: loc.clone(),
+        };
+        esp.recover("")
+            .with_context(|| format!("recovering interrupted writes on {}", loc.describe()))?;
+        Ok(esp)
+    }
+
+    pub fn location(&self) -> &FatLocation {
+        &self.location
+    }
+
+    pub fn fat_type(&self) -> FatType {
+        self.fs.fat_type()
+    }
+
+    pub fn volume_label(&self) -> String {
+        self.fs.volume_label()
+    }
+
+    /// Unmount cleanly (FSInfo, clean flag) and fsync the device.
+    pub fn close(self) -> Result<()> {
+        let Self {
+            fs,
+            sync_handle,
+            location,
+        } = self;
+        fs.unmount()
+            .with_context(|| format!("unmounting FAT on {}", location.describe()))?;
+        sync_handle
+            .sync_all()
+            .with_context(|| format!("syncing {}", location.describe()))
+    }
+
+    fn dir(&self, path: &str) -> Result<fatfs::Dir<'_, Region>> {
+        let parts = components(path)?;
+        let root = self.fs.root_dir();
+        if parts.is_empty() {
+            return Ok(root);
+        }
+        root.open_dir(&parts.join("/"))
+            .with_context(|| format!("opening directory {path:?} on {}", self.describe()))
+    }
+
+    fn find(&self, dir: &str, name: &str) -> Result<Option<EspEntry>> {
+        Ok(self
+            .list(dir)?
+            .into_iter()
+            .find(|e| e.name.eq_ignore_ascii_case(name)))
+    }
+
+    /// Walk the tree: drop `*.trident-part`, complete `*.trident-new`.
+    fn recover(&self, dir: &str) -> Result<()> {
+        for e in self.list(dir)? {
+            let path = join(dir, &e.name);
+            if e.is_dir {
+                self.recover(&path)?;
+            } else if e.name.ends_with(PART_SUFFIX) {
+                tracing::warn!(file = %path, "removing partial file left by an interrupted write");
+                self.dir(dir)?.remove(&e.name)?;
+            } else if let Some(target) = e.name.strip_suffix(NEW_SUFFIX) {
+                tracing::warn!(file = %join(dir, target), "completing an interrupted file replacement");
+                let d = self.dir(dir)?;
+                if self.find(dir, target)?.is_some() {
+                    d.remove(target)?;
+                }
+                d.rename(&e.name, &d, target)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_new(&self, dir: &fatfs::Dir<'_, Region>, name: &str, data: &[u8]) -> io::Result<()> {
+        let mut f = dir.create_file(name)?;
+        f.truncate()?;
+        f.write_all(data)?;
+        f.flush()
+    }
+}
+
+fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        name.to_string()
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+impl EspFs for FatEsp {
+    fn describe(&self) -> String {
+        format!("FAT ESP {}", self.location.describe())
+    }
+
+    fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let (dir, name) = split_parent(path)?;
+        let mut f = self
+            .dir(&dir)?
+            .open_file(&name)
+            .with_context(|| format!("opening {path:?} on {}", self.describe()))?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)
+            .with_context(|| format!("reading {path:?} on {}", self.describe()))?;
+        Ok(buf)
+    }
+
+    fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let (dir_path, name) = split_parent(path)?;
+        self.create_dir_all(&dir_path)?;
+        let dir = self.dir(&dir_path)?;
+        let part = format!("{name}{PART_SUFFIX}");
+        let new = format!("{name}{NEW_SUFFIX}");
+        let ctx = || format!("writing {path:?} on {}", self.describe());
+        for stale in [&part, &new] {
+            if self.find(&dir_path, stale)?.is_some() {
+                dir.remove(stale).with_context(ctx)?;
+            }
+        }
+        self.write_new(&dir, &part, data).with_context(ctx)?;
+        self.sync().with_context(ctx)?;
+        dir.rename(&part, &dir, &new).with_context(ctx)?;
+        self.sync().with_context(ctx)?;
+        if let Some(old) = self.find(&dir_path, &name)? {
+            ensure!(!old.is_dir, "{path:?} on {} is a directory", self.describe());
+            dir.remove(&old.name).with_context(ctx)?;
+        }
+        dir.rename(&new, &dir, &name).with_context(ctx)?;
+        self.sync().with_context(ctx)
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<EspEntry>> {
+        let d = self.dir(dir)?;
+        let mut out = Vec::new();
+        for e in d.iter() {
+            let e = e.with_context(|| format!("listing {dir:?} on {}", self.describe()))?;
+            let name = e.file_name();
+            if name == "." || name == ".." {
+                continue;
+            }
+            out.push(EspEntry {
+                name,
+                is_dir: e.is_dir(),
+                size: e.len(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn exists(&self, path: &str) -> Result<bool> {
+        let parts = components(path)?;
+        let Some((name, parents)) = parts.split_last() else {
+            return Ok(true);
+        };
+        let mut dir = String::new();
+        for p in parents {
+            match self.find(&dir, p)? {
+                Some(e) if e.is_dir => dir = join(&dir, &e.name),
+                _ => return Ok(false),
+            }
+        }
+        Ok(self.find(&dir, name)?.is_some())
+    }
+
+    fn remove(&self, path: &str) -> Result<()> {
+        if !self.exists(path)? {
+            return Ok(());
+        }
+        let (dir, name) = split_parent(path)?;
+        self.dir(&dir)?
+            .remove(&name)
+            .with_context(|| format!("removing {path:?} on {}", self.describe()))?;
+        self.sync()
+    }
+
+    fn create_dir_all(&self, dir: &str) -> Result<()> {
+        let mut d = self.fs.root_dir();
+        for c in components(dir)? {
+            d = d
+                .create_dir(c)
+                .with_context(|| format!("creating directory {dir:?} on {}", self.describe()))?;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.sync_handle
+            .sync_data()
+            .with_context(|| format!("syncing {}", self.location.describe()))
+    }
+}
+
+/// An ESP mounted by the running kernel.
+#[derive(Debug, Clone)]
+pub struct DirEsp {
+    root: PathBuf,
+}
+
+impl DirEsp {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, p: &str) -> Result<PathBuf> {
+        Ok(components(p)?
+            .iter()
+            .fold(self.root.clone(), |acc, c| acc.join(c)))
+    }
+}
+
+impl EspFs for DirEsp {
+    fn describe(&self) -> String {
+        format!("ESP {}", self.root.display())
+    }
+
+    fn read_file(&self, path: &str) -> Result<Vec<u8>> {
+        let p = self.path(path)?;
+        fs::read(&p).with_context(|| format!("reading {}", p.display()))
+    }
+
+    fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let p = self.path(path)?;
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        super::efivar::write_atomic(&p, data)
+    }
+
+    fn list(&self, dir: &str) -> Result<Vec<EspEntry>> {
+        let p = self.path(dir)?;
+        let mut out = Vec::new();
+        for e in fs::read_dir(&p).with_context(|| format!("listing {}", p.display()))? {
+            let e = e.with_context(|| format!("listing {}", p.display()))?;
+            let md = e
+                .metadata()
+                .with_context(|| format!("inspecting {}", e.path().display()))?;
+            out.push(EspEntry {
+                name: e.file_name().to_string_lossy().into_owned(),
+                is_dir: md.is_dir(),
+                size: md.len(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    fn exists(&self, path: &str) -> Result<bool> {
+        Ok(self.path(path)?.exists())
+    }
+
+    fn remove(&self, path: &str) -> Result<()> {
+        let p = self.path(path)?;
+        let res = if p.is_dir() {
+            fs::remove_dir(&p)
+        } else {
+            fs::remove_file(&p)
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
+        }
+    }
+
+    fn create_dir_all(&self, dir: &str) -> Result<()> {
+        let p = self.path(dir)?;
+        fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))
+    }
+
+    fn sync(&self) -> Result<()> {
+        nix::unistd::sync();
+        Ok(())
+    }
+}
+
+/// How an ESP is reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EspAccess {
+    /// Unmounted FAT on a device or image range (install, offline).
+    Fat(FatLocation),
+    /// Mounted by the running kernel at this directory (updates on a running host).
+    Mounted(PathBuf),
+}
+
+/// An open ESP; [`OpenEsp::close`] unmounts a FAT one cleanly.
+pub enum OpenEsp {
+    Fat(FatEsp),
+    Dir(DirEsp),
+}
+
+impl OpenEsp {
+    pub fn open(access: &EspAccess) -> Result<Self> {
+        match access {
+            EspAccess::Fat(loc) => Ok(Self::Fat(FatEsp::open(loc)?)),
+            EspAccess::Mounted(dir) => {
+                ensure!(dir.is_dir(), "ESP mount point {} is not a directory", dir.display());
+                Ok(Self::Dir(DirEsp::new(dir)))
+            }
+        }
+    }
+
+    pub fn fs(&self) -> &dyn EspFs {
+        match self {
+            Self::Fat(f) => f,
+            Self::Dir(d) => d,
+        }
+    }
+
+    pub fn close(self) -> Result<()> {
+        match self {
+            Self::Fat(f) => f.close(),
+            Self::Dir(d) => d.sync(),
+        }
+    }
+}
+
+/// What [`copy_tree`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CopyStats {
+    pub files: usize,
+    pub dirs: usize,
+    pub bytes: u64,
+}
+
+/// Copy the tree under `src_dir` of `src` into `dst_dir` of `dst`, replacing files that
+/// exist. Used to populate a new ESP from the image's ESP.
+pub fn copy_tree(
+    src: &dyn EspFs,
+    src_dir: &str,
+    dst: &dyn EspFs,
+    dst_dir: &str,
+) -> Result<CopyStats> {
+    let mut stats = CopyStats::default();
+    dst.create_dir_all(dst_dir)?;
+    copy_rec(src, src_dir, dst, dst_dir, &mut stats)
+        .with_context(|| format!("copying {} to {}", src.describe(), dst.describe()))?;
+    Ok(stats)
+}
+
+fn copy_rec(
+    src: &dyn EspFs,
+    src_dir: &str,
+    dst: &dyn EspFs,
+    dst_dir: &str,
+    stats: &mut CopyStats,
+) -> Result<()> {
+    for e in src.list(src_dir)? {
+        let s = join(src_dir, &e.name);
+        let d = join(dst_dir, &e.name);
+        if e.is_dir {
+            dst.create_dir_all(&d)?;
+            stats.dirs += 1;
+            copy_rec(src, &s, dst, &d, stats)?;
+        } else {
+            let data = src.read_file(&s)?;
+            dst.write_file(&d, &data)?;
+            stats.files += 1;
+            stats.bytes += data.len() as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Install `loader` (systemd-boot) as the UEFI removable-media fallback,
+/// `EFI/BOOT/BOOTX64.EFI`, so a firmware with no boot entry still finds it.
+pub fn install_fallback(esp: &dyn EspFs, loader: &[u8]) -> Result<()> {
+    ensure!(
+        loader.len() >= 2 && &loader[..2] == b"MZ",
+        "the boot loader to install as EFI/BOOT/BOOTX64.EFI is not a PE image"
+    );
+    esp.write_file("EFI/BOOT/BOOTX64.EFI", loader)
+}
+
+
+/// Refuse a FAT location that clearly is not one (used before formatting is skipped).
+pub fn check_is_fat(loc: &FatLocation) -> Result<()> {
+    let mut r = loc.open_region()?;
+    let mut sector = [0u8; 512];
+    r.read_exact(&mut sector)
+        .with_context(|| format!("reading boot sector of {}", loc.describe()))?;
+    if sector[510] != 0x55 || sector[511] != 0xaa {
+        bail!("{} has no FAT boot sector signature", loc.describe());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components_refuse_dotdot_and_backslash() {
+        assert_eq!(
+            components("/loader//entries/./a.conf").unwrap(),
+            vec!["loader", "entries", "a.conf"]
+        );
+        assert!(components("loader/../x").is_err());
+        assert!(components(r"EFI\BOOT").is_err());
+        assert!(split_parent("/").is_err());
+    }
+
+    #[test]
+    fn region_limits_reads_writes_and_seeks() {
+        let mut tmp = tempfile::tempfile().unwrap();
+        tmp.write_all(b"0123456789").unwrap();
+        let mut r = Region::new(tmp, 2, Some(5)).unwrap();
+        let mut s = String::new();
+        r.read_to_string(&mut s).unwrap();
+        assert_eq!(s, "23456");
+        r.seek(SeekFrom::Start(3)).unwrap();
+        assert!(r.write_all(b"abc").is_err(), "write past the end must fail");
+        r.seek(SeekFrom::End(-1)).unwrap();
+        let mut b = [0u8; 4];
+        assert_eq!(r.read(&mut b).unwrap(), 1);
+        assert!(r.seek(SeekFrom::Current(-10)).is_err());
+        let f = tempfile::tempfile().unwrap();
+        assert!(Region::new(f, 1, Some(1)).is_err(), "range past the end");
+    }
+}
