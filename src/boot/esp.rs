@@ -270,7 +270,9 @@ pub fn format_fat32(loc: &FatLocation, label: &str) -> Result<()> {
     .with_context(|| format!("formatting {} as FAT32", loc.describe()))?;
     region
         .flush()
-        .with_context(|| format!("syncing {}", loc.describe()))
+        .with_context(|| format!("syncing {}", loc.describe()))?;
+    // Mount once to record the free cluster count in FSInfo (fsck.fat expects it).
+    FatEsp::open(loc)?.close()
 }
 
 impl FatEsp {
@@ -283,6 +285,10 @@ impl FatEsp {
             .with_context(|| format!("duplicating handle of {}", loc.path.display()))?;
         let fs = FileSystem::new(region, FsOptions::new())
             .with_context(|| format!("reading the FAT filesystem on {}", loc.describe()))?;
+        // Count free clusters now if FSInfo does not know (fatfs and some mkfs leave it
+        // unset), so the count is kept and written back correctly on close.
+        fs.stats()
+            .with_context(|| format!("counting free clusters on {}", loc.describe()))?;
         let esp = Self {
             fs,
             sync_handle,
