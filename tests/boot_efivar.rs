@@ -22,7 +22,9 @@ fn esp_hd() -> HardDrive {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/boot").join(name);
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/boot")
+        .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
@@ -32,7 +34,13 @@ fn set_get_delete_round_trip() {
     let vars = EfiVars::new(dir.path());
     assert_eq!(vars.get("BootNext", &EFI_GLOBAL).unwrap(), None);
 
-    vars.set("Test", &SYSTEMD_LOADER, ATTR_BOOTSERVICE_ACCESS, b"\x01\x02\x03").unwrap();
+    vars.set(
+        "Test",
+        &SYSTEMD_LOADER,
+        ATTR_BOOTSERVICE_ACCESS,
+        b"\x01\x02\x03",
+    )
+    .unwrap();
     // On disk: 4-byte LE attributes, then the value, under Name-GUID.
     let raw = std::fs::read(dir.path().join("Test-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")).unwrap();
     assert_eq!(raw, vec![2, 0, 0, 0, 1, 2, 3]);
@@ -44,7 +52,8 @@ fn set_get_delete_round_trip() {
     assert_eq!(vars.get("Test", &EFI_GLOBAL).unwrap(), None);
 
     // Replace with new attributes and a shorter value.
-    vars.set("Test", &SYSTEMD_LOADER, ATTR_NV_BS_RT, b"\x09").unwrap();
+    vars.set("Test", &SYSTEMD_LOADER, ATTR_NV_BS_RT, b"\x09")
+        .unwrap();
     assert_eq!(
         vars.get("Test", &SYSTEMD_LOADER).unwrap(),
         Some((ATTR_NV_BS_RT, vec![9]))
@@ -68,8 +77,13 @@ fn set_get_delete_round_trip() {
 fn utf16_strings_as_systemd_writes_them() {
     let dir = tempfile::tempdir().unwrap();
     let vars = EfiVars::new(dir.path());
-    vars.set_string("LoaderEntryOneShot", &SYSTEMD_LOADER, ATTR_NV_BS_RT, "trident-b+3.conf")
-        .unwrap();
+    vars.set_string(
+        "LoaderEntryOneShot",
+        &SYSTEMD_LOADER,
+        ATTR_NV_BS_RT,
+        "trident-b+3.conf",
+    )
+    .unwrap();
     let raw = std::fs::read(vars.path("LoaderEntryOneShot", &SYSTEMD_LOADER)).unwrap();
     let mut expected = vec![7, 0, 0, 0];
     for c in "trident-b+3.conf".bytes() {
@@ -78,7 +92,9 @@ fn utf16_strings_as_systemd_writes_them() {
     expected.extend_from_slice(&[0, 0]);
     assert_eq!(raw, expected);
     assert_eq!(
-        vars.get_string("LoaderEntryOneShot", &SYSTEMD_LOADER).unwrap().as_deref(),
+        vars.get_string("LoaderEntryOneShot", &SYSTEMD_LOADER)
+            .unwrap()
+            .as_deref(),
         Some("trident-b+3.conf")
     );
 }
@@ -90,13 +106,22 @@ fn bad_variable_files_are_reported() {
     // Shorter than the attribute word.
     std::fs::write(vars.path("BootNext", &EFI_GLOBAL), [7, 0]).unwrap();
     let err = vars.get("BootNext", &EFI_GLOBAL).unwrap_err();
-    assert!(format!("{err:#}").contains("shorter than its 4-byte attribute"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("shorter than its 4-byte attribute"),
+        "{err:#}"
+    );
     // A u16 variable of the wrong size.
     std::fs::write(vars.path("BootNext", &EFI_GLOBAL), [7, 0, 0, 0, 1, 2, 3]).unwrap();
     assert!(vars.get_u16("BootNext", &EFI_GLOBAL).is_err());
     // Odd-length UTF-16.
-    std::fs::write(vars.path("LoaderEntrySelected", &SYSTEMD_LOADER), [6, 0, 0, 0, 0x41]).unwrap();
-    assert!(vars.get_string("LoaderEntrySelected", &SYSTEMD_LOADER).is_err());
+    std::fs::write(
+        vars.path("LoaderEntrySelected", &SYSTEMD_LOADER),
+        [6, 0, 0, 0, 0x41],
+    )
+    .unwrap();
+    assert!(vars
+        .get_string("LoaderEntrySelected", &SYSTEMD_LOADER)
+        .is_err());
     // Empty values would mean "delete" on efivarfs: refused.
     assert!(vars.set("X", &EFI_GLOBAL, ATTR_NV_BS_RT, &[]).is_err());
     // A root that does not exist.
@@ -112,7 +137,10 @@ fn load_option_matches_efibootmgr_byte_for_byte() {
     // LBA 2048, is 204800 sectors long, with PARTUUID 11111111-2222-3333-4444-555555555555,
     // into an efivarfs-format directory (EFIVARFS_PATH).
     let file = fixture("Boot0000-efibootmgr.efivar");
-    let (attrs, value) = (u32::from_le_bytes(file[..4].try_into().unwrap()), &file[4..]);
+    let (attrs, value) = (
+        u32::from_le_bytes(file[..4].try_into().unwrap()),
+        &file[4..],
+    );
     assert_eq!(attrs, ATTR_NV_BS_RT);
     let ours = LoadOption::new("Linux Boot Manager", esp_hd(), SYSTEMD_BOOT_LOADER);
     assert_eq!(ours.encode(), value);
@@ -120,7 +148,10 @@ fn load_option_matches_efibootmgr_byte_for_byte() {
     assert_eq!(theirs.attributes, LOAD_OPTION_ACTIVE);
     assert_eq!(theirs.description, "Linux Boot Manager");
     assert_eq!(theirs.device_path.hard_drive, Some(esp_hd()));
-    assert_eq!(theirs.device_path.file.as_deref(), Some(SYSTEMD_BOOT_LOADER));
+    assert_eq!(
+        theirs.device_path.file.as_deref(),
+        Some(SYSTEMD_BOOT_LOADER)
+    );
     assert!(theirs.optional_data.is_empty());
 }
 
@@ -139,7 +170,8 @@ fn ensure_entry_reuses_updates_and_numbers_around_foreign_entries() {
         r"\shell.efi",
     );
     boot.set_entry(0, &fw).unwrap();
-    vars.set("Boot0001", &EFI_GLOBAL, ATTR_NV_BS_RT, &[1, 2, 3]).unwrap();
+    vars.set("Boot0001", &EFI_GLOBAL, ATTR_NV_BS_RT, &[1, 2, 3])
+        .unwrap();
     boot.set_boot_order(&[0, 1]).unwrap();
 
     let want = LoadOption::new("Linux Boot Manager", esp_hd(), SYSTEMD_BOOT_LOADER);
@@ -176,9 +208,17 @@ fn ensure_entry_reuses_updates_and_numbers_around_foreign_entries() {
     assert_eq!(boot.boot_next().unwrap(), None);
 
     // Undecodable entries are skipped when listing, not fatal.
-    let listed: Vec<u16> = boot.entries().unwrap().into_iter().map(|(n, _)| n).collect();
+    let listed: Vec<u16> = boot
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     assert_eq!(listed, vec![0, 2, 3]);
-    assert!(boot.get_entry(1).is_err(), "asking for the broken one by number reports it");
+    assert!(
+        boot.get_entry(1).is_err(),
+        "asking for the broken one by number reports it"
+    );
 
     // Entries without a partition are refused as ours.
     let mut no_hd = want;
@@ -195,7 +235,11 @@ fn efibootmgr_reads_what_we_write() {
     let dir = tempfile::tempdir().unwrap();
     let boot = UefiBootVars::new(EfiVars::new(dir.path()));
     let sd = boot
-        .ensure_first(&LoadOption::new("Linux Boot Manager", esp_hd(), SYSTEMD_BOOT_LOADER))
+        .ensure_first(&LoadOption::new(
+            "Linux Boot Manager",
+            esp_hd(),
+            SYSTEMD_BOOT_LOADER,
+        ))
         .unwrap();
     let a = boot
         .ensure_entry(
@@ -238,5 +282,8 @@ fn efibootmgr_reads_what_we_write() {
         .unwrap();
     assert_eq!(boot.boot_order().unwrap(), vec![0, 1]);
     let opt = boot.get_entry(1).unwrap().unwrap();
-    assert_eq!(decode_utf16le(&opt.optional_data).unwrap(), "root=PARTUUID=abc rw");
+    assert_eq!(
+        decode_utf16le(&opt.optional_data).unwrap(),
+        "root=PARTUUID=abc rw"
+    );
 }

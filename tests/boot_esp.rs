@@ -2,9 +2,7 @@
 //! tools (mtools, fsck.vfat), images made by mkfs.vfat + mtools read back.
 
 use std::path::{Path, PathBuf};
-use trident::boot::esp::{
-    copy_tree, format_fat32, install_fallback, EspFs, FatEsp, FatLocation,
-};
+use trident::boot::esp::{copy_tree, format_fat32, install_fallback, EspFs, FatEsp, FatLocation};
 use trident::cmd::{have_program, Cmd};
 
 const MIB: u64 = 1024 * 1024;
@@ -68,15 +66,26 @@ fn format_write_and_mtools_reads_it() {
     let esp = FatEsp::open(&loc).unwrap();
     assert_eq!(esp.fat_type(), fatfs::FatType::Fat32);
     assert_eq!(esp.volume_label(), "ESP");
-    esp.write_file("/loader/loader.conf", b"timeout 3\neditor no\n").unwrap();
-    esp.write_file("loader/entries/trident-a.conf", b"title A\n").unwrap();
+    esp.write_file("/loader/loader.conf", b"timeout 3\neditor no\n")
+        .unwrap();
+    esp.write_file("loader/entries/trident-a.conf", b"title A\n")
+        .unwrap();
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
     esp.write_file("trident/a/linux", &big).unwrap();
     install_fallback(&esp, &loader_bytes()).unwrap();
     // Replace a file: new content, no leftovers.
-    esp.write_file("loader/entries/trident-a.conf", b"title A v2\n").unwrap();
-    assert_eq!(esp.read_file("LOADER/Entries/trident-a.conf").unwrap(), b"title A v2\n");
-    let names: Vec<String> = esp.list("loader/entries").unwrap().into_iter().map(|e| e.name).collect();
+    esp.write_file("loader/entries/trident-a.conf", b"title A v2\n")
+        .unwrap();
+    assert_eq!(
+        esp.read_file("LOADER/Entries/trident-a.conf").unwrap(),
+        b"title A v2\n"
+    );
+    let names: Vec<String> = esp
+        .list("loader/entries")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, vec!["trident-a.conf"]);
     assert!(esp.exists("EFI/BOOT/BOOTX64.EFI").unwrap());
     assert!(!esp.exists("EFI/BOOT/nothing").unwrap());
@@ -86,8 +95,14 @@ fn format_write_and_mtools_reads_it() {
     let image = img.to_str().unwrap();
     let listing = mtools("mdir", image, &["-b", "::/loader/entries"]);
     assert_eq!(listing.trim(), "::/loader/entries/trident-a.conf");
-    assert_eq!(mtype(image, "/loader/loader.conf"), "timeout 3\neditor no\n");
-    assert_eq!(mtype(image, "/loader/entries/trident-a.conf"), "title A v2\n");
+    assert_eq!(
+        mtype(image, "/loader/loader.conf"),
+        "timeout 3\neditor no\n"
+    );
+    assert_eq!(
+        mtype(image, "/loader/entries/trident-a.conf"),
+        "title A v2\n"
+    );
     let out = dir.path().join("linux.out");
     Cmd::new("mcopy")
         .args(["-i", image, "::/trident/a/linux"])
@@ -131,8 +146,14 @@ fn fat_inside_a_disk_image_at_an_offset() {
     esp.write_file("EFI/trident/hello.txt", b"hi").unwrap();
     esp.close().unwrap();
     let data = std::fs::read(&img).unwrap();
-    assert!(data[..4096].iter().all(|&b| b == 0xAB), "bytes before the partition changed");
-    assert!(data[(65 * MIB) as usize..].iter().all(|&b| b == 0), "bytes after the partition changed");
+    assert!(
+        data[..4096].iter().all(|&b| b == 0xAB),
+        "bytes before the partition changed"
+    );
+    assert!(
+        data[(65 * MIB) as usize..].iter().all(|&b| b == 0),
+        "bytes after the partition changed"
+    );
     let image = format!("{}@@{}", img.display(), MIB);
     assert_eq!(mtype(&image, "/EFI/trident/hello.txt"), "hi");
 }
@@ -146,9 +167,17 @@ fn copy_tree_from_an_image_made_by_mtools() {
     // Source: the image's ESP, made by the reference tools.
     let src = dir.path().join("src.img");
     sparse(&src, 40 * MIB);
-    Cmd::new("mkfs.vfat").args(["-F", "32", "-n", "IMGESP"]).arg(&src).run().unwrap();
+    Cmd::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "IMGESP"])
+        .arg(&src)
+        .run()
+        .unwrap();
     let s = src.to_str().unwrap();
-    mtools("mmd", s, &["::/EFI", "::/EFI/systemd", "::/EFI/BOOT", "::/loader"]);
+    mtools(
+        "mmd",
+        s,
+        &["::/EFI", "::/EFI/systemd", "::/EFI/BOOT", "::/loader"],
+    );
     let loader = dir.path().join("systemd-bootx64.efi");
     std::fs::write(&loader, loader_bytes()).unwrap();
     let conf = dir.path().join("loader.conf");
@@ -156,7 +185,11 @@ fn copy_tree_from_an_image_made_by_mtools() {
     let l = loader.to_str().unwrap();
     mtools("mcopy", s, &[l, "::/EFI/systemd/systemd-bootx64.efi"]);
     mtools("mcopy", s, &[l, "::/EFI/BOOT/BOOTX64.EFI"]);
-    mtools("mcopy", s, &[conf.to_str().unwrap(), "::/loader/loader.conf"]);
+    mtools(
+        "mcopy",
+        s,
+        &[conf.to_str().unwrap(), "::/loader/loader.conf"],
+    );
 
     // Destination: our own FAT32, already holding a stale loader.conf.
     let dst = dir.path().join("dst.img");
@@ -180,7 +213,10 @@ fn copy_tree_from_an_image_made_by_mtools() {
         .run()
         .unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), loader_bytes());
-    assert_eq!(mtype(dst.to_str().unwrap(), "/loader/loader.conf"), "timeout 0\n");
+    assert_eq!(
+        mtype(dst.to_str().unwrap(), "/loader/loader.conf"),
+        "timeout 0\n"
+    );
     fsck_clean(&dst);
 }
 
@@ -192,13 +228,25 @@ fn interrupted_replacements_are_finished_on_open() {
     let dir = tempfile::tempdir().unwrap();
     let img = dir.path().join("esp.img");
     sparse(&img, 40 * MIB);
-    Cmd::new("mkfs.vfat").args(["-F", "32"]).arg(&img).run().unwrap();
+    Cmd::new("mkfs.vfat")
+        .args(["-F", "32"])
+        .arg(&img)
+        .run()
+        .unwrap();
     let image = img.to_str().unwrap();
     mtools("mmd", image, &["::/loader", "::/loader/entries"]);
     let put = |name: &str, content: &str| {
         let p: PathBuf = dir.path().join("tmpfile");
         std::fs::write(&p, content).unwrap();
-        mtools("mcopy", image, &["-o", p.to_str().unwrap(), &format!("::/loader/entries/{name}")]);
+        mtools(
+            "mcopy",
+            image,
+            &[
+                "-o",
+                p.to_str().unwrap(),
+                &format!("::/loader/entries/{name}"),
+            ],
+        );
     };
     // Crash after step 2 with the old file still there: the new content wins.
     put("a.conf", "old a\n");
@@ -210,7 +258,12 @@ fn interrupted_replacements_are_finished_on_open() {
     put("c.conf.trident-part", "half");
 
     let esp = FatEsp::open(&FatLocation::whole(&img)).unwrap();
-    let names: Vec<String> = esp.list("loader/entries").unwrap().into_iter().map(|e| e.name).collect();
+    let names: Vec<String> = esp
+        .list("loader/entries")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
     assert_eq!(names, vec!["a.conf", "b.conf", "c.conf"]);
     esp.close().unwrap();
     assert_eq!(mtype(image, "/loader/entries/a.conf"), "new a\n");
@@ -229,7 +282,10 @@ fn bad_inputs_are_refused() {
     assert!(format_fat32(&FatLocation::whole(&img), "MUCH TOO LONG LABEL").is_err());
     // Not a FAT filesystem.
     let err = FatEsp::open(&FatLocation::whole(&img)).unwrap_err();
-    assert!(format!("{err:#}").contains("reading the FAT filesystem"), "{err:#}");
+    assert!(
+        format!("{err:#}").contains("reading the FAT filesystem"),
+        "{err:#}"
+    );
     // A range outside the file.
     let loc = FatLocation {
         path: img.clone(),
@@ -247,7 +303,10 @@ fn bad_inputs_are_refused() {
     assert!(esp.write_file("../escape", b"x").is_err());
     assert!(esp.read_file("does/not/exist").is_err());
     esp.write_file("dir/file", b"x").unwrap();
-    assert!(esp.write_file("dir", b"x").is_err(), "a directory is not replaced by a file");
+    assert!(
+        esp.write_file("dir", b"x").is_err(),
+        "a directory is not replaced by a file"
+    );
     assert!(install_fallback(&esp, b"not a PE image").is_err());
     esp.close().unwrap();
 }

@@ -42,7 +42,14 @@ pub struct Region {
     offset: u64,
     len: u64,
     pos: u64,
+    /// Read cache: region offset of `cache[0]`. fatfs reads the FAT a few bytes at a
+    /// time; without this, counting free clusters costs two syscalls per cluster.
+    cache_start: u64,
+    cache: Vec<u8>,
 }
+
+/// Size of the read cache.
+const CACHE_LEN: u64 = 64 * 1024;
 
 impl Region {
     /// `len = None` means "to the end of the file or device".
@@ -63,6 +70,8 @@ impl Region {
             offset,
             len,
             pos: 0,
+            cache_start: 0,
+            cache: Vec::new(),
         })
     }
 
@@ -85,8 +94,19 @@ impl Read for Region {
         if n == 0 {
             return Ok(0);
         }
-        self.file.seek(SeekFrom::Start(self.offset + self.pos))?;
-        let got = self.file.read(&mut buf[..n])?;
+        let cached =
+            self.pos >= self.cache_start && self.pos < self.cache_start + self.cache.len() as u64;
+        if !cached {
+            let start = self.pos - self.pos % CACHE_LEN;
+            let want = (self.len - start).min(CACHE_LEN) as usize;
+            self.cache.resize(want, 0);
+            self.file.seek(SeekFrom::Start(self.offset + start))?;
+            self.file.read_exact(&mut self.cache)?;
+            self.cache_start = start;
+        }
+        let at = (self.pos - self.cache_start) as usize;
+        let got = n.min(self.cache.len() - at);
+        buf[..got].copy_from_slice(&self.cache[at..at + got]);
         self.pos += got as u64;
         Ok(got)
     }
@@ -103,6 +123,16 @@ impl Write for Region {
         }
         self.file.seek(SeekFrom::Start(self.offset + self.pos))?;
         let put = self.file.write(&buf[..n])?;
+        // Keep the read cache coherent: patch the overlapping bytes.
+        let (w_start, w_end) = (self.pos, self.pos + put as u64);
+        let c_end = self.cache_start + self.cache.len() as u64;
+        if w_start < c_end && w_end > self.cache_start {
+            let from = w_start.max(self.cache_start);
+            let to = w_end.min(c_end);
+            let src = &buf[(from - w_start) as usize..(to - w_start) as usize];
+            let dst = (from - self.cache_start) as usize;
+            self.cache[dst..dst + src.len()].copy_from_slice(src);
+        }
         self.pos += put as u64;
         Ok(put)
     }
@@ -413,7 +443,11 @@ impl EspFs for FatEsp {
         dir.rename(&part, &dir, &new).with_context(ctx)?;
         self.sync().with_context(ctx)?;
         if let Some(old) = self.find(&dir_path, &name)? {
-            ensure!(!old.is_dir, "{path:?} on {} is a directory", self.describe());
+            ensure!(
+                !old.is_dir,
+                "{path:?} on {} is a directory",
+                self.describe()
+            );
             dir.remove(&old.name).with_context(ctx)?;
         }
         dir.rename(&new, &dir, &name).with_context(ctx)?;
@@ -513,8 +547,7 @@ impl EspFs for DirEsp {
     fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
         let p = self.path(path)?;
         if let Some(parent) = p.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         super::efivar::write_atomic(&p, data)
     }
@@ -577,16 +610,20 @@ pub enum EspAccess {
 
 /// An open ESP; [`OpenEsp::close`] unmounts a FAT one cleanly.
 pub enum OpenEsp {
-    Fat(FatEsp),
+    Fat(Box<FatEsp>),
     Dir(DirEsp),
 }
 
 impl OpenEsp {
     pub fn open(access: &EspAccess) -> Result<Self> {
         match access {
-            EspAccess::Fat(loc) => Ok(Self::Fat(FatEsp::open(loc)?)),
+            EspAccess::Fat(loc) => Ok(Self::Fat(Box::new(FatEsp::open(loc)?))),
             EspAccess::Mounted(dir) => {
-                ensure!(dir.is_dir(), "ESP mount point {} is not a directory", dir.display());
+                ensure!(
+                    dir.is_dir(),
+                    "ESP mount point {} is not a directory",
+                    dir.display()
+                );
                 Ok(Self::Dir(DirEsp::new(dir)))
             }
         }
@@ -594,7 +631,7 @@ impl OpenEsp {
 
     pub fn fs(&self) -> &dyn EspFs {
         match self {
-            Self::Fat(f) => f,
+            Self::Fat(f) => f.as_ref(),
             Self::Dir(d) => d,
         }
     }
@@ -664,7 +701,6 @@ pub fn install_fallback(esp: &dyn EspFs, loader: &[u8]) -> Result<()> {
     esp.write_file("EFI/BOOT/BOOTX64.EFI", loader)
 }
 
-
 /// Refuse a FAT location that clearly is not one (used before formatting is skipped).
 pub fn check_is_fat(loc: &FatLocation) -> Result<()> {
     let mut r = loc.open_region()?;
@@ -708,5 +744,30 @@ mod tests {
         assert!(r.seek(SeekFrom::Current(-10)).is_err());
         let f = tempfile::tempfile().unwrap();
         assert!(Region::new(f, 1, Some(1)).is_err(), "range past the end");
+    }
+
+    #[test]
+    fn region_cache_stays_coherent_with_writes() {
+        let mut tmp = tempfile::tempfile().unwrap();
+        tmp.write_all(&vec![0u8; 300_000]).unwrap();
+        let mut r = Region::new(tmp, 1000, Some(200_000)).unwrap();
+        let mut b = [0u8; 8];
+        r.seek(SeekFrom::Start(65_530)).unwrap();
+        r.read_exact(&mut b).unwrap(); // fills the cache across a boundary
+                                       // A write straddling the cached block's start and end.
+        r.seek(SeekFrom::Start(65_532)).unwrap();
+        r.write_all(&[7u8; 70_000]).unwrap();
+        r.seek(SeekFrom::Start(65_530)).unwrap();
+        let mut got = vec![0u8; 70_010];
+        r.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..2], &[0, 0]);
+        assert!(got[2..70_002].iter().all(|&x| x == 7));
+        assert_eq!(&got[70_002..], &[0u8; 8]);
+        // And the file itself has them, at offset + position.
+        let mut f = r.file.try_clone().unwrap();
+        f.seek(SeekFrom::Start(1000 + 65_532)).unwrap();
+        let mut one = [0u8; 1];
+        f.read_exact(&mut one).unwrap();
+        assert_eq!(one, [7]);
     }
 }

@@ -95,7 +95,11 @@ impl FirmwareEntries {
             return Ok(());
         }
         let order = self.boot.boot_order()?;
-        let kept: Vec<u16> = order.iter().copied().filter(|n| !nums.contains(n)).collect();
+        let kept: Vec<u16> = order
+            .iter()
+            .copied()
+            .filter(|n| !nums.contains(n))
+            .collect();
         if kept != order {
             self.boot.set_boot_order(&kept)?;
         }
@@ -163,7 +167,9 @@ impl BootControl for FirmwareEntries {
         let new = super::uefi::order_with_first(&order, num);
         tracing::info!(entry = %super::uefi::boot_var_name(num), %volume, "putting entry first in BootOrder");
         if new != order {
-            self.boot.set_boot_order(&new).context("setting BootOrder")?;
+            self.boot
+                .set_boot_order(&new)
+                .context("setting BootOrder")?;
         }
         Ok(())
     }
@@ -200,6 +206,9 @@ mod tests {
     #[test]
     fn paths() {
         assert_eq!(kernel_efi_path(Volume::B), r"\EFI\trident\b\linux.efi");
-        assert_eq!(esp_path(&initrd_efi_path(Volume::A)), "EFI/trident/a/initrd");
+        assert_eq!(
+            esp_path(&initrd_efi_path(Volume::A)),
+            "EFI/trident/a/initrd"
+        );
     }
 }

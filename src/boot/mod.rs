@@ -78,7 +78,9 @@ impl Payload {
     pub fn read(&self) -> Result<Vec<u8>> {
         match self {
             Payload::Bytes(b) => Ok(b.clone()),
-            Payload::Path(p) => std::fs::read(p).with_context(|| format!("reading {}", p.display())),
+            Payload::Path(p) => {
+                std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+            }
         }
     }
 }
@@ -190,7 +192,10 @@ mod tests {
 
     #[test]
     fn known_backends() {
-        assert_eq!(backend_for("systemd-boot", env()).unwrap().name(), "systemd-boot");
+        assert_eq!(
+            backend_for("systemd-boot", env()).unwrap().name(),
+            "systemd-boot"
+        );
         assert_eq!(backend_for("UEFI", env()).unwrap().name(), "uefi");
     }
 

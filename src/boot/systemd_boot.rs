@@ -287,7 +287,10 @@ impl SystemdBoot {
         };
         let name = entry_file_name(v, self.settings.boot_tries);
         tracing::info!(entry = %name, version = %info.version, "writing boot entry");
-        esp.write_file(&format!("{ENTRIES_DIR}/{name}"), render_entry(&spec).as_bytes())
+        esp.write_file(
+            &format!("{ENTRIES_DIR}/{name}"),
+            render_entry(&spec).as_bytes(),
+        )
     }
 }
 
@@ -361,7 +364,10 @@ impl BootControl for SystemdBoot {
     }
 
     fn booted_volume(&self) -> Result<Option<Volume>> {
-        Ok(self.loader_vars().selected()?.and_then(|id| volume_of_entry(&id)))
+        Ok(self
+            .loader_vars()
+            .selected()?
+            .and_then(|id| volume_of_entry(&id)))
     }
 
     fn clear_trial(&self) -> Result<()> {
@@ -369,7 +375,10 @@ impl BootControl for SystemdBoot {
     }
 
     fn pending_trial(&self) -> Result<Option<Volume>> {
-        Ok(self.loader_vars().oneshot()?.and_then(|id| volume_of_entry(&id)))
+        Ok(self
+            .loader_vars()
+            .oneshot()?
+            .and_then(|id| volume_of_entry(&id)))
     }
 }
 

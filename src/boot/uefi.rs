@@ -101,7 +101,10 @@ impl DevicePath {
             );
             let (ty, sub) = (raw[pos], raw[pos + 1]);
             let len = u16::from_le_bytes([raw[pos + 2], raw[pos + 3]]) as usize;
-            ensure!(len >= 4, "device path node at byte {pos} has length {len} < 4");
+            ensure!(
+                len >= 4,
+                "device path node at byte {pos} has length {len} < 4"
+            );
             ensure!(
                 pos + len <= raw.len(),
                 "device path node at byte {pos} (length {len}) runs past the end ({} bytes)",
@@ -217,7 +220,10 @@ impl LoadOption {
         let mut pos = 6;
         let mut units = Vec::new();
         loop {
-            ensure!(pos + 2 <= data.len(), "load option description is not terminated");
+            ensure!(
+                pos + 2 <= data.len(),
+                "load option description is not terminated"
+            );
             let u = u16::from_le_bytes([data[pos], data[pos + 1]]);
             pos += 2;
             if u == 0 {
@@ -318,7 +324,9 @@ impl UefiBootVars {
             };
             match LoadOption::decode(&value) {
                 Ok(opt) => out.push((num, opt)),
-                Err(e) => tracing::warn!(variable = %name, error = %format!("{e:#}"), "skipping undecodable boot entry"),
+                Err(e) => {
+                    tracing::warn!(variable = %name, error = %format!("{e:#}"), "skipping undecodable boot entry")
+                }
             }
         }
         Ok(out)
@@ -336,7 +344,12 @@ impl UefiBootVars {
 
     pub fn set_entry(&self, num: u16, opt: &LoadOption) -> Result<()> {
         self.vars
-            .set(&boot_var_name(num), &EFI_GLOBAL, ATTR_NV_BS_RT, &opt.encode())
+            .set(
+                &boot_var_name(num),
+                &EFI_GLOBAL,
+                ATTR_NV_BS_RT,
+                &opt.encode(),
+            )
             .with_context(|| format!("writing {}", boot_var_name(num)))
     }
 
@@ -487,7 +500,10 @@ mod tests {
         let enc = opt.encode();
         let dec = LoadOption::decode(&enc).unwrap();
         assert_eq!(dec, opt);
-        assert_eq!(decode_utf16le(&dec.optional_data).unwrap(), "root=PARTUUID=x ro");
+        assert_eq!(
+            decode_utf16le(&dec.optional_data).unwrap(),
+            "root=PARTUUID=x ro"
+        );
     }
 
     #[test]
