@@ -310,3 +310,61 @@ fn bad_inputs_are_refused() {
     assert!(install_fallback(&esp, b"not a PE image").is_err());
     esp.close().unwrap();
 }
+
+/// A loop device detached on drop, even after a panic.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Err(e) = Cmd::new("losetup").args(["-d", &self.0]).run() {
+            eprintln!("detaching {}: {e:#}", self.0);
+        }
+    }
+}
+
+#[test]
+fn esp_on_a_block_device() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    if !tools() || !have_program("losetup") {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("trident-esp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let img = dir.path().join("disk.img");
+    sparse(&img, 100 * MIB);
+    // The partition as its own loop device (this kernel does no partition scanning).
+    let dev = Cmd::new("losetup")
+        .args(["-f", "--show", "--offset", &MIB.to_string(), "--sizelimit"])
+        .arg((64 * MIB).to_string())
+        .arg(&img)
+        .output_string()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(dev.starts_with("/dev/loop"), "{dev}");
+    let lo = Loop(dev);
+    let loc = FatLocation::whole(&lo.0);
+    format_fat32(&loc, "ESP").unwrap();
+    let esp = FatEsp::open(&loc).unwrap();
+    esp.write_file("loader/entries/trident-a.conf", b"title A\n")
+        .unwrap();
+    esp.close().unwrap();
+    // The whole device was used: 64 MiB, not less.
+    let esp = FatEsp::open(&loc).unwrap();
+    assert_eq!(
+        esp.read_file("loader/entries/trident-a.conf").unwrap(),
+        b"title A\n"
+    );
+    esp.close().unwrap();
+    Cmd::new("fsck.vfat").arg("-n").arg(&lo.0).run().unwrap();
+    drop(lo);
+    let image = format!("{}@@{}", img.display(), MIB);
+    assert_eq!(mtype(&image, "/loader/entries/trident-a.conf"), "title A\n");
+    let info = mtools("minfo", &image, &[]);
+    assert!(info.contains("big size: 131072 sectors"), "{info}");
+}

@@ -25,7 +25,7 @@
 //! entries are written after the files they reference, so a torn update leaves at worst
 //! an entry missing, never one that points at half a kernel.
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use fatfs::{FatType, FileSystem, FormatVolumeOptions, FsOptions};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
@@ -699,18 +699,6 @@ pub fn install_fallback(esp: &dyn EspFs, loader: &[u8]) -> Result<()> {
         "the boot loader to install as EFI/BOOT/BOOTX64.EFI is not a PE image"
     );
     esp.write_file("EFI/BOOT/BOOTX64.EFI", loader)
-}
-
-/// Refuse a FAT location that clearly is not one (used before formatting is skipped).
-pub fn check_is_fat(loc: &FatLocation) -> Result<()> {
-    let mut r = loc.open_region()?;
-    let mut sector = [0u8; 512];
-    r.read_exact(&mut sector)
-        .with_context(|| format!("reading boot sector of {}", loc.describe()))?;
-    if sector[510] != 0x55 || sector[511] != 0xaa {
-        bail!("{} has no FAT boot sector signature", loc.describe());
-    }
-    Ok(())
 }
 
 #[cfg(test)]

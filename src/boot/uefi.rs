@@ -407,6 +407,7 @@ impl UefiBootVars {
             .file
             .as_deref()
             .context("a Trident boot entry must name a file")?;
+        validate_loader_path(file)?;
         let entries = self.entries()?;
         if let Some((num, existing)) = entries
             .iter()
@@ -447,7 +448,7 @@ impl UefiBootVars {
     }
 }
 
-/// Check a load option looks like one a firmware can boot (used on our own input).
+/// Check a loader path is in the form firmware expects (`\EFI\...`, backslashes).
 pub fn validate_loader_path(file: &str) -> Result<()> {
     if !file.starts_with('\\') {
         bail!("EFI loader path {file:?} must be absolute with backslashes, like \\EFI\\BOOT\\BOOTX64.EFI");
