@@ -287,3 +287,72 @@ fn efibootmgr_reads_what_we_write() {
         "root=PARTUUID=abc rw"
     );
 }
+
+/// Clears the immutable flag on drop so the temporary directory can be removed even if
+/// the test fails.
+struct Mutable(std::path::PathBuf);
+
+impl Drop for Mutable {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = Cmd::new("chattr").arg("-i").arg(&self.0).run();
+        }
+    }
+}
+
+#[test]
+fn immutable_variables_are_written_and_deleted_as_on_efivarfs() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root (chattr +i)");
+        return;
+    }
+    if !have_program("chattr") || !have_program("lsattr") {
+        eprintln!("skipping: needs chattr/lsattr (e2fsprogs)");
+        return;
+    }
+    // /var/tmp: a disk filesystem with inode flags (tmpfs has none).
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let vars = EfiVars::new(dir.path()).with_efivarfs_semantics(true);
+    vars.set_string(
+        "LoaderEntryOneShot",
+        &SYSTEMD_LOADER,
+        ATTR_NV_BS_RT,
+        "trident-a.conf",
+    )
+    .unwrap();
+    let path = vars.path("LoaderEntryOneShot", &SYSTEMD_LOADER);
+    if Cmd::new("chattr").arg("+i").arg(&path).run().is_err() {
+        eprintln!(
+            "skipping: {} does not support the immutable flag",
+            dir.path().display()
+        );
+        return;
+    }
+    let _guard = Mutable(path.clone());
+    // What the kernel does to an immutable variable: writing is refused...
+    let err = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM));
+    // ...but we clear the flag, write in place, and put the flag back.
+    vars.set_string(
+        "LoaderEntryOneShot",
+        &SYSTEMD_LOADER,
+        ATTR_NV_BS_RT,
+        "trident-b.conf",
+    )
+    .unwrap();
+    assert_eq!(
+        vars.get_string("LoaderEntryOneShot", &SYSTEMD_LOADER)
+            .unwrap()
+            .as_deref(),
+        Some("trident-b.conf")
+    );
+    let attrs = Cmd::new("lsattr").arg(&path).output_string().unwrap();
+    let flags = attrs.split_whitespace().next().unwrap();
+    assert!(flags.contains('i'), "immutable flag not restored: {attrs}");
+    // Deleting clears the flag first.
+    vars.delete("LoaderEntryOneShot", &SYSTEMD_LOADER).unwrap();
+    assert!(!path.exists());
+}

@@ -46,6 +46,9 @@ const FS_IMMUTABLE_FL: libc::c_long = 0x10;
 #[derive(Debug, Clone)]
 pub struct EfiVars {
     root: PathBuf,
+    /// Write as on efivarfs (one write, immutable flag handling) even when `statfs`
+    /// says otherwise; `None`: decide by `statfs`.
+    efivarfs_semantics: Option<bool>,
 }
 
 impl Default for EfiVars {
@@ -56,7 +59,18 @@ impl Default for EfiVars {
 
 impl EfiVars {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            efivarfs_semantics: None,
+        }
+    }
+
+    /// Force the efivarfs write path (single in-place write, immutable flag cleared and
+    /// restored) or the atomic-rename path, instead of detecting efivarfs with `statfs`.
+    /// Lets tests exercise the efivarfs path on a filesystem with `chattr` support.
+    pub fn with_efivarfs_semantics(mut self, on: bool) -> Self {
+        self.efivarfs_semantics = Some(on);
+        self
     }
 
     pub fn root(&self) -> &Path {
@@ -209,6 +223,9 @@ impl EfiVars {
     }
 
     fn is_efivarfs(&self) -> Result<bool> {
+        if let Some(forced) = self.efivarfs_semantics {
+            return Ok(forced);
+        }
         let st = nix::sys::statfs::statfs(&self.root)
             .with_context(|| format!("checking the filesystem of {}", self.root.display()))?;
         Ok(st.filesystem_type().0 as i64 == EFIVARFS_MAGIC)
