@@ -2,7 +2,9 @@
 //! tools (mtools, fsck.vfat), images made by mkfs.vfat + mtools read back.
 
 use std::path::{Path, PathBuf};
-use trident::boot::esp::{copy_tree, format_fat32, install_fallback, EspFs, FatEsp, FatLocation};
+use trident::boot::esp::{
+    copy_tree, copy_tree_from_fat, format_fat32, install_fallback, EspFs, FatEsp, FatLocation,
+};
 use trident::cmd::{have_program, Cmd};
 
 const MIB: u64 = 1024 * 1024;
@@ -198,13 +200,30 @@ fn copy_tree_from_an_image_made_by_mtools() {
     format_fat32(&dst_loc, "ESP").unwrap();
     let d = FatEsp::open(&dst_loc).unwrap();
     d.write_file("loader/loader.conf", b"old\n").unwrap();
-    let srcfs = FatEsp::open(&FatLocation::whole(&src)).unwrap();
-    let stats = copy_tree(&srcfs, "", &d, "").unwrap();
+    d.close().unwrap();
+    let before = std::fs::read(&src).unwrap();
+    let stats = copy_tree_from_fat(&FatLocation::whole(&src), &dst_loc).unwrap();
     assert_eq!(stats.files, 3);
     assert_eq!(stats.dirs, 4);
     assert_eq!(stats.bytes, 2 * loader_bytes().len() as u64 + 10);
-    srcfs.close().unwrap();
+    assert!(
+        std::fs::read(&src).unwrap() == before,
+        "the source image was modified"
+    );
+    // A read-only ESP refuses writes.
+    let ro = FatEsp::open_read_only(&FatLocation::whole(&src)).unwrap();
+    assert!(ro.write_file("x", b"y").is_err());
+    assert!(ro.remove("loader/loader.conf").is_err());
+    // copy_tree into a subdirectory works the same.
+    let d = FatEsp::open(&dst_loc).unwrap();
+    let again = copy_tree(&ro, "EFI", &d, "backup/EFI").unwrap();
+    assert_eq!(again.files, 2);
     d.close().unwrap();
+    ro.close().unwrap();
+    assert!(
+        std::fs::read(&src).unwrap() == before,
+        "the source image was modified"
+    );
 
     let out = dir.path().join("copied.efi");
     Cmd::new("mcopy")

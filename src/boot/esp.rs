@@ -181,10 +181,10 @@ impl FatLocation {
         }
     }
 
-    fn open_region(&self) -> Result<Region> {
+    fn open_region(&self, writable: bool) -> Result<Region> {
         let file = OpenOptions::new()
             .read(true)
-            .write(true)
+            .write(writable)
             .open(&self.path)
             .with_context(|| format!("opening {}", self.path.display()))?;
         Region::new(file, self.offset, self.len).with_context(|| {
@@ -261,6 +261,7 @@ pub struct FatEsp {
     fs: FileSystem<Region>,
     sync_handle: File,
     location: FatLocation,
+    read_only: bool,
 }
 
 impl std::fmt::Debug for FatEsp {
@@ -282,7 +283,7 @@ pub fn format_fat32(loc: &FatLocation, label: &str) -> Result<()> {
     for (dst, src) in label11.iter_mut().zip(label.to_ascii_uppercase().bytes()) {
         *dst = src;
     }
-    let region = loc.open_region()?;
+    let region = loc.open_region(true)?;
     ensure!(
         region.len() >= 34 * 1024 * 1024,
         "{} is {} bytes; a FAT32 ESP needs at least 34 MiB",
@@ -308,25 +309,48 @@ pub fn format_fat32(loc: &FatLocation, label: &str) -> Result<()> {
 impl FatEsp {
     /// Open the FAT filesystem at `loc` and finish any interrupted file replacement.
     pub fn open(loc: &FatLocation) -> Result<Self> {
-        let region = loc.open_region()?;
+        Self::open_mode(loc, false)
+    }
+
+    /// Open without ever writing to `loc` (the device or file is opened read-only):
+    /// for the image's ESP that [`copy_tree`] reads from. Writes are refused.
+    pub fn open_read_only(loc: &FatLocation) -> Result<Self> {
+        Self::open_mode(loc, true)
+    }
+
+    fn open_mode(loc: &FatLocation, read_only: bool) -> Result<Self> {
+        let region = loc.open_region(!read_only)?;
         let sync_handle = region
             .file
             .try_clone()
             .with_context(|| format!("duplicating handle of {}", loc.path.display()))?;
         let fs = FileSystem::new(region, FsOptions::new())
             .with_context(|| format!("reading the FAT filesystem on {}", loc.describe()))?;
-        // Count free clusters now if FSInfo does not know (fatfs and some mkfs leave it
-        // unset), so the count is kept and written back correctly on close.
-        fs.stats()
-            .with_context(|| format!("counting free clusters on {}", loc.describe()))?;
         let esp = Self {
             fs,
             sync_handle,
             location: loc.clone(),
+            read_only,
         };
-        esp.recover("")
-            .with_context(|| format!("recovering interrupted writes on {}", loc.describe()))?;
+        if !read_only {
+            // Count free clusters now if FSInfo does not know (fatfs and some mkfs leave
+            // it unset), so the count is kept and written back correctly on close.
+            esp.fs
+                .stats()
+                .with_context(|| format!("counting free clusters on {}", loc.describe()))?;
+            esp.recover("")
+                .with_context(|| format!("recovering interrupted writes on {}", loc.describe()))?;
+        }
         Ok(esp)
+    }
+
+    fn ensure_writable(&self, path: &str) -> Result<()> {
+        ensure!(
+            !self.read_only,
+            "refusing to change {path:?}: {} is open read-only",
+            self.describe()
+        );
+        Ok(())
     }
 
     pub fn location(&self) -> &FatLocation {
@@ -347,9 +371,13 @@ impl FatEsp {
             fs,
             sync_handle,
             location,
+            read_only,
         } = self;
         fs.unmount()
             .with_context(|| format!("unmounting FAT on {}", location.describe()))?;
+        if read_only {
+            return Ok(());
+        }
         sync_handle
             .sync_all()
             .with_context(|| format!("syncing {}", location.describe()))
@@ -427,6 +455,7 @@ impl EspFs for FatEsp {
     }
 
     fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        self.ensure_writable(path)?;
         let (dir_path, name) = split_parent(path)?;
         self.create_dir_all(&dir_path)?;
         let dir = self.dir(&dir_path)?;
@@ -489,6 +518,7 @@ impl EspFs for FatEsp {
     }
 
     fn remove(&self, path: &str) -> Result<()> {
+        self.ensure_writable(path)?;
         if !self.exists(path)? {
             return Ok(());
         }
@@ -500,6 +530,7 @@ impl EspFs for FatEsp {
     }
 
     fn create_dir_all(&self, dir: &str) -> Result<()> {
+        self.ensure_writable(dir)?;
         let mut d = self.fs.root_dir();
         for c in components(dir)? {
             d = d
@@ -510,6 +541,9 @@ impl EspFs for FatEsp {
     }
 
     fn sync(&self) -> Result<()> {
+        if self.read_only {
+            return Ok(());
+        }
         self.sync_handle
             .sync_data()
             .with_context(|| format!("syncing {}", self.location.describe()))
@@ -689,6 +723,22 @@ fn copy_rec(
         }
     }
     Ok(())
+}
+
+/// Populate the ESP at `dst` with everything in the FAT filesystem at `src` (the
+/// image's ESP, opened read-only), then close both.
+pub fn copy_tree_from_fat(src: &FatLocation, dst: &FatLocation) -> Result<CopyStats> {
+    let s = FatEsp::open_read_only(src).context("opening the source ESP")?;
+    let d = FatEsp::open(dst).context("opening the target ESP")?;
+    let stats = copy_tree(&s, "", &d, "")?;
+    d.close()?;
+    s.close()?;
+    tracing::info!(
+        files = stats.files,
+        bytes = stats.bytes,
+        "populated the ESP"
+    );
+    Ok(stats)
 }
 
 /// Install `loader` (systemd-boot) as the UEFI removable-media fallback,
