@@ -486,3 +486,81 @@ fn uefi_entries_need_the_esp_partition() {
         "{err:#}"
     );
 }
+
+/// Unmounts on drop, even after a panic.
+struct BindMount(std::path::PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        if let Err(e) = Cmd::new("umount").arg(&self.0).run() {
+            eprintln!("unmounting {}: {e:#}", self.0.display());
+        }
+    }
+}
+
+/// systemd's own parser (`bootctl list`, systemd 252) reads the entries we write.
+#[test]
+fn bootctl_parses_our_entries() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root (bind mount)");
+        return;
+    }
+    if !have_program("bootctl") {
+        eprintln!("skipping: bootctl not installed (apt-get install systemd-boot)");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+    let esp = dir.path().join("esp");
+    std::fs::create_dir_all(esp.join("EFI/systemd")).unwrap();
+    std::fs::write(esp.join("EFI/systemd/systemd-bootx64.efi"), loader_bytes()).unwrap();
+    let vars = dir.path().join("vars");
+    std::fs::create_dir(&vars).unwrap();
+    let boot = backend_for(
+        "systemd-boot",
+        BootEnv {
+            efivars: EfiVars::new(&vars),
+            esp: EspLayout {
+                access: EspAccess::Mounted(esp.clone()),
+                partition: None,
+            },
+            timeout_secs: 1,
+            boot_tries: Some(3),
+        },
+    )
+    .unwrap();
+    boot.install_entries(&[info(Volume::A, "1.0", true), info(Volume::B, "2.0", false)])
+        .unwrap();
+    boot.set_default(Volume::A).unwrap();
+    // bootctl wants the ESP to be a mount point.
+    Cmd::new("mount")
+        .args(["--bind"])
+        .arg(&esp)
+        .arg(&esp)
+        .run()
+        .unwrap();
+    let _mount = BindMount(esp.clone());
+    let out = Cmd::new("bootctl")
+        .arg(format!("--esp-path={}", esp.display()))
+        .args(["--no-pager", "list"])
+        .env("SYSTEMD_RELAX_ESP_CHECKS", "1")
+        .output_string()
+        .unwrap();
+    let source_a = format!("source: {}/loader/entries/trident-a.conf", esp.display());
+    let source_b = format!("source: {}/loader/entries/trident-b+3.conf", esp.display());
+    for want in [
+        "title: Azure Linux (volume A)",
+        "title: Azure Linux (volume B)",
+        &source_a,
+        &source_b,
+        "tries: 3 left",
+        "version: 1.0",
+        "linux: /trident/a/linux",
+        "initrd: /trident/a/initrd",
+        "options: root=PARTUUID=aaaaaaaa-0000-0000-0000-000000000001 rw console=ttyS0",
+        "options: root=PARTUUID=bbbbbbbb-0000-0000-0000-000000000002 rw console=ttyS0",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+    // Every file an entry references exists (bootctl flags missing ones).
+    assert!(!out.contains("No such file"), "{out}");
+}
