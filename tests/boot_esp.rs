@@ -267,14 +267,23 @@ fn interrupted_replacements_are_finished_on_open() {
             ],
         );
     };
-    // Crash after step 2 with the old file still there: the new content wins.
+    // Cut after the marker, old file still there: the new content wins.
     put("a.conf", "old a\n");
     put("a.conf.trident-new", "new a\n");
-    // Crash after deleting the old file: the new one is moved into place.
+    put("a.conf.trident-ok", "");
+    // Cut after deleting the old file: the new one is put in place.
     put("b.conf.trident-new", "new b\n");
-    // Crash while writing: the partial file goes, the old one stays.
+    put("b.conf.trident-ok", "");
+    // Cut while writing the new copy (no marker yet): it goes, the old one stays.
     put("c.conf", "old c\n");
-    put("c.conf.trident-part", "half");
+    put("c.conf.trident-new", "half");
+    // Cut while rewriting the file from the complete copy: rewritten again.
+    put("d.conf", "new");
+    put("d.conf.trident-new", "new d\n");
+    put("d.conf.trident-ok", "");
+    // Cut after the marker was removed: only the leftover copy goes.
+    put("e.conf", "new e\n");
+    put("e.conf.trident-new", "new e\n");
 
     let esp = FatEsp::open(&FatLocation::whole(&img)).unwrap();
     let names: Vec<String> = esp
@@ -283,11 +292,20 @@ fn interrupted_replacements_are_finished_on_open() {
         .into_iter()
         .map(|e| e.name)
         .collect();
-    assert_eq!(names, vec!["a.conf", "b.conf", "c.conf"]);
+    assert_eq!(
+        names,
+        vec!["a.conf", "b.conf", "c.conf", "d.conf", "e.conf"]
+    );
+    assert!(
+        esp.write_file("x.trident-ok", b"").is_err(),
+        "reserved suffix"
+    );
     esp.close().unwrap();
     assert_eq!(mtype(image, "/loader/entries/a.conf"), "new a\n");
     assert_eq!(mtype(image, "/loader/entries/b.conf"), "new b\n");
     assert_eq!(mtype(image, "/loader/entries/c.conf"), "old c\n");
+    assert_eq!(mtype(image, "/loader/entries/d.conf"), "new d\n");
+    assert_eq!(mtype(image, "/loader/entries/e.conf"), "new e\n");
     fsck_clean(&img);
 }
 
