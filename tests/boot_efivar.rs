@@ -356,3 +356,85 @@ fn immutable_variables_are_written_and_deleted_as_on_efivarfs() {
     vars.delete("LoaderEntryOneShot", &SYSTEMD_LOADER).unwrap();
     assert!(!path.exists());
 }
+
+/// A loop device detached on drop, even after a panic.
+struct Loop(String);
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        if let Err(e) = Cmd::new("losetup").args(["-d", &self.0]).run() {
+            eprintln!("detaching {}: {e:#}", self.0);
+        }
+    }
+}
+
+/// Regenerates the fixture's situation live: efibootmgr creates the entry for a real
+/// GPT partition on a loop device, and it equals ours.
+#[test]
+fn efibootmgr_creates_the_same_entry_live() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root (loop device)");
+        return;
+    }
+    if !have_program("efibootmgr") || !have_program("sfdisk") || !have_program("losetup") {
+        eprintln!("skipping: needs efibootmgr, sfdisk (fdisk) and losetup");
+        return;
+    }
+    let dir = tempfile::tempdir_in("/tmp").unwrap();
+    let img = dir.path().join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(200 * 1024 * 1024)
+        .unwrap();
+    let table = dir.path().join("table.sfdisk");
+    std::fs::write(
+        &table,
+        "label: gpt\nstart=2048, size=204800, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, \
+         uuid=11111111-2222-3333-4444-555555555555\n",
+    )
+    .unwrap();
+    Cmd::new("sh")
+        .arg("-c")
+        .arg("sfdisk -q \"$1\" < \"$2\"")
+        .arg("sh")
+        .arg(&img)
+        .arg(&table)
+        .run()
+        .unwrap();
+    let dev = Cmd::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output_string()
+        .unwrap()
+        .trim()
+        .to_string();
+    let lo = Loop(dev);
+    let vars_dir = dir.path().join("vars");
+    std::fs::create_dir(&vars_dir).unwrap();
+    Cmd::new("efibootmgr")
+        .args([
+            "-c",
+            "-d",
+            &lo.0,
+            "-p",
+            "1",
+            "-L",
+            "Linux Boot Manager",
+            "-l",
+        ])
+        .arg(SYSTEMD_BOOT_LOADER)
+        .env("EFIVARFS_PATH", format!("{}/", vars_dir.display()))
+        .run()
+        .unwrap();
+    drop(lo);
+    let boot = UefiBootVars::new(EfiVars::new(&vars_dir));
+    let theirs = boot.get_entry(0).unwrap().unwrap();
+    let ours = LoadOption::new("Linux Boot Manager", esp_hd(), SYSTEMD_BOOT_LOADER);
+    assert_eq!(theirs, ours);
+    assert_eq!(boot.boot_order().unwrap(), vec![0]);
+    let (_, value) = EfiVars::new(&vars_dir)
+        .get("Boot0000", &EFI_GLOBAL)
+        .unwrap()
+        .unwrap();
+    assert_eq!(value, ours.encode());
+}
