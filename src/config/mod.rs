@@ -24,6 +24,7 @@ mod bytes;
 mod image;
 mod os;
 mod parse;
+pub mod plan;
 mod scripts;
 mod storage;
 mod trident;
