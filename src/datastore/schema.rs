@@ -94,10 +94,18 @@ pub fn inspect(path: &Path) -> Result<Existing> {
             ));
         }
     }
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
+    // Without a WAL the main file is the whole truth: read it as `immutable`, which
+    // creates no -wal/-shm files and takes no locks. With one, a plain read-only
+    // connection reads through it (and never checkpoints into the main file).
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = if has_wal {
+        Connection::open_with_flags(path, flags)
+    } else {
+        Connection::open_with_flags(
+            format!("file:{}?immutable=1", uri_escape(path)),
+            flags | OpenFlags::SQLITE_OPEN_URI,
+        )
+    }
     .map_err(|e| sqlite_refusal(path, e))?;
     let read = |conn: &Connection| -> rusqlite::Result<(i32, i32, i64)> {
         let app: i32 = conn.pragma_query_value(None, "application_id", |r| r.get(0))?;
@@ -107,6 +115,22 @@ pub fn inspect(path: &Path) -> Result<Existing> {
         Ok((app, version, objects))
     };
     let (app, version, objects) = read(&conn).map_err(|e| sqlite_refusal(path, e))?;
+    if app == APPLICATION_ID {
+        // Cheap for a datastore's size; finds damage before anything writes to it.
+        let check: String = conn
+            .pragma_query_value(None, "quick_check", |r| r.get(0))
+            .map_err(|e| sqlite_refusal(path, e))?;
+        if check != "ok" {
+            return Err(refuse(
+                "datastore-corrupt",
+                path,
+                format!(
+                    "datastore {} failed its integrity check ({check}); it was left untouched",
+                    path.display()
+                ),
+            ));
+        }
+    }
     drop(conn);
 
     if app == APPLICATION_ID {
@@ -218,4 +242,31 @@ fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize
         }
     }
     Ok(n)
+}
+
+/// Percent-encode a path for an SQLite `file:` URI.
+fn uri_escape(path: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uri_escape_keeps_paths_unambiguous() {
+        assert_eq!(
+            uri_escape(Path::new("/var/lib/a b?#%.sqlite")),
+            "/var/lib/a%20b%3F%23%25.sqlite"
+        );
+    }
 }
