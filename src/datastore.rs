@@ -1,1 +1,0 @@
-//! SQLite datastore (being written).

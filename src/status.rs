@@ -1,1 +1,0 @@
-//! Host Status and the servicing state machine (being written).
