@@ -127,7 +127,9 @@ impl Plan {
                             .map(|t| t.as_str().to_string())
                             .unwrap_or_else(|| "a filesystem".into())
                     ),
-                    FileSystemSource::Adopted => format!("keep the existing filesystem on {target}"),
+                    FileSystemSource::Adopted => {
+                        format!("keep the existing filesystem on {target}")
+                    }
                 };
                 PlanFilesystem {
                     mount_point: fs.mount_path().map(|p| p.display().to_string()),
@@ -181,9 +183,24 @@ impl Plan {
             runs_on_ab_update: s.should_run(ServicingType::AbUpdate),
         };
         let mut hooks = Vec::new();
-        hooks.extend(hc.scripts.pre_servicing.iter().map(|s| hook("preServicing", s)));
-        hooks.extend(hc.scripts.post_provision.iter().map(|s| hook("postProvision", s)));
-        hooks.extend(hc.scripts.post_configure.iter().map(|s| hook("postConfigure", s)));
+        hooks.extend(
+            hc.scripts
+                .pre_servicing
+                .iter()
+                .map(|s| hook("preServicing", s)),
+        );
+        hooks.extend(
+            hc.scripts
+                .post_provision
+                .iter()
+                .map(|s| hook("postProvision", s)),
+        );
+        hooks.extend(
+            hc.scripts
+                .post_configure
+                .iter()
+                .map(|s| hook("postConfigure", s)),
+        );
         let health_checks = hc
             .health
             .checks
@@ -251,7 +268,11 @@ impl fmt::Display for Plan {
             }
         }
         for p in &self.ab_volume_pairs {
-            writeln!(f, "A/B pair '{}': A = '{}', B = '{}'", p.id, p.volume_a, p.volume_b)?;
+            writeln!(
+                f,
+                "A/B pair '{}': A = '{}', B = '{}'",
+                p.id, p.volume_a, p.volume_b
+            )?;
         }
         for fs in &self.filesystems {
             writeln!(
@@ -318,9 +339,18 @@ storage:
         assert_eq!(plan.disks[0].partitions.len(), 4);
         assert_eq!(plan.ab_volume_pairs[0].volume_b, "root-b");
         let text = plan.to_string();
-        assert!(text.contains("A/B pair 'root': A = 'root-a', B = 'root-b'"), "{text}");
-        assert!(text.contains("stream from the image into A/B pair 'root'"), "{text}");
+        assert!(
+            text.contains("A/B pair 'root': A = 'root-a', B = 'root-b'"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stream from the image into A/B pair 'root'"),
+            "{text}"
+        );
         assert!(text.contains("create ext4 on 'data'"), "{text}");
-        assert!(text.contains("datastore: /var/lib/trident/datastore.sqlite"), "{text}");
+        assert!(
+            text.contains("datastore: /var/lib/trident/datastore.sqlite"),
+            "{text}"
+        );
     }
 }

@@ -54,7 +54,7 @@ pub(super) fn validate(hc: &HostConfiguration) -> Result<Vec<Warning>, TridentEr
     check_management_os(hc, &mut cx);
     if cx.errors.is_empty() {
         for w in &cx.warnings {
-            tracing::warn!(code = %w.code, path = %w.path, "{}", w.message);
+            tracing::debug!(code = %w.code, path = %w.path, "{}", w.message);
         }
         Ok(cx.warnings)
     } else {
