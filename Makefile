@@ -3,7 +3,8 @@
 CARGO ?= cargo
 PREFIX ?= /usr
 DESTDIR ?=
-DEMO_DIR ?= $(CURDIR)/target/demo
+TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
+DEMO_DIR ?= $(TARGET_DIR)/demo
 
 .PHONY: all deps build release demo test test-unit lint fmt clippy bench-stream clean-demo
 
@@ -21,7 +22,7 @@ release:
 
 ## demo: build and run the main job on the built-in demo (no real disk needed)
 demo: deps release
-	DEMO_DIR=$(DEMO_DIR) TRIDENT=$(CURDIR)/target/release/trident ./scripts/demo.sh
+	DEMO_DIR=$(DEMO_DIR) TRIDENT=$(TARGET_DIR)/release/trident ./scripts/demo.sh
 
 ## test: everything CI runs (lint, unit tests, privileged tests when root)
 test: deps lint
