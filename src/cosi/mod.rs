@@ -1,4 +1,4 @@
 //! COSI images: tar walking, metadata, sources, streaming pipeline, builder.
 
-pub mod source;
 pub mod build;
+pub mod source;

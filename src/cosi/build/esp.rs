@@ -212,7 +212,12 @@ pub fn inspect(image: &File, start: u64, len: u64, mount_point: &str) -> Result<
                 let pe = read(&fs, &path)?;
                 let sect = |s: &str| {
                     pe_section(&pe, s)
-                        .map(|b| String::from_utf8_lossy(b).trim_end_matches(['\0', '\n']).trim().to_string())
+                        .map(|b| {
+                            String::from_utf8_lossy(b)
+                                .trim_end_matches(['\0', '\n'])
+                                .trim()
+                                .to_string()
+                        })
                         .unwrap_or_default()
                 };
                 entries.push(SystemdBootEntry {
@@ -347,7 +352,8 @@ pub(crate) mod tests {
             let s = table + i * 40;
             pe[s..s + name.len()].copy_from_slice(name.as_bytes());
             pe[s + 8..s + 12].copy_from_slice(&(body.len() as u32).to_le_bytes());
-            pe[s + 16..s + 20].copy_from_slice(&(body.len().next_multiple_of(512) as u32).to_le_bytes());
+            pe[s + 16..s + 20]
+                .copy_from_slice(&(body.len().next_multiple_of(512) as u32).to_le_bytes());
             pe[s + 20..s + 24].copy_from_slice(&(data_off as u32).to_le_bytes());
             pe.resize(data_off, 0);
             pe.extend_from_slice(body);
@@ -359,9 +365,16 @@ pub(crate) mod tests {
 
     #[test]
     fn pe_sections() {
-        let pe = make_pe(&[(".osrel", b"ID=x\n"), (".cmdline", b"root=/dev/sda2 ro\n\0"), (".uname", b"6.6.1\0")]);
+        let pe = make_pe(&[
+            (".osrel", b"ID=x\n"),
+            (".cmdline", b"root=/dev/sda2 ro\n\0"),
+            (".uname", b"6.6.1\0"),
+        ]);
         assert_eq!(pe_section(&pe, ".uname").unwrap(), b"6.6.1\0");
-        assert_eq!(pe_section(&pe, ".cmdline").unwrap(), b"root=/dev/sda2 ro\n\0");
+        assert_eq!(
+            pe_section(&pe, ".cmdline").unwrap(),
+            b"root=/dev/sda2 ro\n\0"
+        );
         assert_eq!(pe_section(&pe, ".linux"), None);
         assert_eq!(pe_section(b"not a pe", ".uname"), None);
     }
@@ -406,7 +419,11 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let esp = dir.path().join("esp.img");
         File::create(&esp).unwrap().set_len(40 << 20).unwrap();
-        Cmd::new("mkfs.vfat").args(["-F", "32"]).arg(&esp).run().unwrap();
+        Cmd::new("mkfs.vfat")
+            .args(["-F", "32"])
+            .arg(&esp)
+            .run()
+            .unwrap();
         for (path, body) in files {
             let mut parts: Vec<&str> = path.split('/').collect();
             parts.pop();
@@ -445,12 +462,18 @@ pub(crate) mod tests {
             eprintln!("skipping: needs dosfstools and mtools");
             return;
         }
-        let uki = make_pe(&[(".cmdline", b"root=PARTUUID=abc ro\n"), (".uname", b"6.6.78.1-3.azl3\n")]);
+        let uki = make_pe(&[
+            (".cmdline", b"root=PARTUUID=abc ro\n"),
+            (".uname", b"6.6.78.1-3.azl3\n"),
+        ]);
         let (_d, f, start, len) = esp_with(&[
             ("EFI/BOOT/BOOTAA64.EFI", b"MZ"),
             ("EFI/systemd/systemd-bootaa64.efi", b"MZ"),
             ("loader/loader.conf", b"timeout 3\n"),
-            ("loader/entries/b.conf", b"version 6.1\nlinux /b/vmlinuz\noptions ro\n"),
+            (
+                "loader/entries/b.conf",
+                b"version 6.1\nlinux /b/vmlinuz\noptions ro\n",
+            ),
             ("EFI/Linux/os.efi", &uki),
         ]);
         let found = inspect(&f, start, len, "/boot/efi/").unwrap();
@@ -477,8 +500,10 @@ pub(crate) mod tests {
             eprintln!("skipping: needs dosfstools and mtools");
             return;
         }
-        let (_d, f, start, len) =
-            esp_with(&[("EFI/BOOT/BOOTX64.EFI", b"MZ"), ("EFI/azurelinux/grubx64.efi", b"MZ")]);
+        let (_d, f, start, len) = esp_with(&[
+            ("EFI/BOOT/BOOTX64.EFI", b"MZ"),
+            ("EFI/azurelinux/grubx64.efi", b"MZ"),
+        ]);
         let found = inspect(&f, start, len, "/boot/efi").unwrap();
         assert_eq!(found.bootloader.kind, "grub");
         assert_eq!(found.bootloader.systemd_boot, None);

@@ -25,7 +25,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -66,7 +69,10 @@ pub fn device_ref(spec: &str) -> Option<DeviceRef> {
             _ => None,
         };
     }
-    let by = |dir: &str| spec.strip_prefix(dir).map(|v| unescape(&v.replace("\\x2f", "/")));
+    let by = |dir: &str| {
+        spec.strip_prefix(dir)
+            .map(|v| unescape(&v.replace("\\x2f", "/")))
+    };
     if let Some(v) = by("/dev/disk/by-uuid/") {
         return Some(DeviceRef::FsUuid(v));
     }
@@ -104,13 +110,31 @@ mod tests {
             }
         );
         assert_eq!(e[2].mount_point, "/my data");
-        assert_eq!(device_ref(&e[0].spec), Some(DeviceRef::FsUuid("abc".into())));
-        assert_eq!(device_ref(&e[1].spec), Some(DeviceRef::PartLabel("esp".into())));
-        assert_eq!(device_ref(&e[2].spec), Some(DeviceRef::PartUuid("1234".into())));
+        assert_eq!(
+            device_ref(&e[0].spec),
+            Some(DeviceRef::FsUuid("abc".into()))
+        );
+        assert_eq!(
+            device_ref(&e[1].spec),
+            Some(DeviceRef::PartLabel("esp".into()))
+        );
+        assert_eq!(
+            device_ref(&e[2].spec),
+            Some(DeviceRef::PartUuid("1234".into()))
+        );
         assert_eq!(device_ref("tmpfs"), None);
-        assert_eq!(device_ref("LABEL=\"my root\""), Some(DeviceRef::FsLabel("my root".into())));
-        assert_eq!(device_ref("/dev/sda1"), Some(DeviceRef::Path("/dev/sda1".into())));
-        assert_eq!(device_ref("/dev/disk/by-label/a\\x2fb"), Some(DeviceRef::FsLabel("a/b".into())));
+        assert_eq!(
+            device_ref("LABEL=\"my root\""),
+            Some(DeviceRef::FsLabel("my root".into()))
+        );
+        assert_eq!(
+            device_ref("/dev/sda1"),
+            Some(DeviceRef::Path("/dev/sda1".into()))
+        );
+        assert_eq!(
+            device_ref("/dev/disk/by-label/a\\x2fb"),
+            Some(DeviceRef::FsLabel("a/b".into()))
+        );
         assert_eq!(device_ref("server:/export"), None);
     }
 }

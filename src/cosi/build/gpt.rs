@@ -109,10 +109,7 @@ fn u64le(b: &[u8], o: usize) -> u64 {
 }
 
 /// Parse the primary GPT. `read_at(offset, len)` returns exactly `len` bytes.
-pub fn parse(
-    disk_size: u64,
-    read_at: &dyn Fn(u64, usize) -> Result<Vec<u8>>,
-) -> Result<GptDisk> {
+pub fn parse(disk_size: u64, read_at: &dyn Fn(u64, usize) -> Result<Vec<u8>>) -> Result<GptDisk> {
     let not_gpt = |why: String| {
         anyhow::Error::new(TridentError::invalid_input(
             "cosi-build-not-gpt",
@@ -214,11 +211,7 @@ pub fn parse(
     partitions.sort_by_key(|p| p.first_lba);
     for w in partitions.windows(2) {
         if w[1].first_lba <= w[0].last_lba {
-            bail!(
-                "GPT partitions {} and {} overlap",
-                w[0].number,
-                w[1].number
-            );
+            bail!("GPT partitions {} and {} overlap", w[0].number, w[1].number);
         }
     }
     Ok(GptDisk {
@@ -294,7 +287,9 @@ pub(crate) mod tests {
     }
 
     fn parse_mem(d: &[u8]) -> Result<GptDisk> {
-        parse(d.len() as u64, &|o, l| Ok(d[o as usize..o as usize + l].to_vec()))
+        parse(d.len() as u64, &|o, l| {
+            Ok(d[o as usize..o as usize + l].to_vec())
+        })
     }
 
     const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
@@ -310,8 +305,20 @@ pub(crate) mod tests {
             512,
             4096,
             &[
-                (LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "root", 2048, 3000),
-                (ESP_TYPE, "AAAAAAAA-0000-0000-0000-000000000001", "esp", 100, 2047),
+                (
+                    LINUX,
+                    "aaaaaaaa-0000-0000-0000-000000000002",
+                    "root",
+                    2048,
+                    3000,
+                ),
+                (
+                    ESP_TYPE,
+                    "AAAAAAAA-0000-0000-0000-000000000001",
+                    "esp",
+                    100,
+                    2047,
+                ),
             ],
         );
         let g = parse_mem(&d).unwrap();
@@ -333,7 +340,11 @@ pub(crate) mod tests {
 
     #[test]
     fn parses_4k_lba() {
-        let d = make_gpt(4096, 256, &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 10, 20)]);
+        let d = make_gpt(
+            4096,
+            256,
+            &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 10, 20)],
+        );
         let g = parse_mem(&d).unwrap();
         assert_eq!(g.lba_size, 4096);
         assert_eq!(g.primary_region_len(), 6 * 4096);
@@ -347,11 +358,19 @@ pub(crate) mod tests {
             crate::error::find_trident_error(&e).unwrap().code,
             "cosi-build-not-gpt"
         );
-        let mut d = make_gpt(512, 4096, &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 100, 200)]);
+        let mut d = make_gpt(
+            512,
+            4096,
+            &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 100, 200)],
+        );
         d[1024 + 56] ^= 1; // first entry's name: entry array CRC now wrong
         let msg = format!("{:#}", parse_mem(&d).unwrap_err());
         assert!(msg.contains("entry array CRC32"), "{msg}");
-        let mut d = make_gpt(512, 4096, &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 100, 200)]);
+        let mut d = make_gpt(
+            512,
+            4096,
+            &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 100, 200)],
+        );
         d[512 + 40] ^= 1; // header field: header CRC now wrong
         let msg = format!("{:#}", parse_mem(&d).unwrap_err());
         assert!(msg.contains("header CRC32"), "{msg}");
@@ -368,7 +387,17 @@ pub(crate) mod tests {
             ],
         );
         assert!(format!("{:#}", parse_mem(&d).unwrap_err()).contains("overlap"));
-        let d = make_gpt(512, 4096, &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000001", "a", 100, 5000)]);
+        let d = make_gpt(
+            512,
+            4096,
+            &[(
+                LINUX,
+                "aaaaaaaa-0000-0000-0000-000000000001",
+                "a",
+                100,
+                5000,
+            )],
+        );
         assert!(format!("{:#}", parse_mem(&d).unwrap_err()).contains("outside"));
     }
 }

@@ -249,7 +249,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
                 )
             })?;
             if let Some(old) = &parts[idx].mount {
-                bail!("partition {} is given two mount points: {old} and {mp}", parts[idx].gpt.number);
+                bail!(
+                    "partition {} is given two mount points: {old} and {mp}",
+                    parts[idx].gpt.number
+                );
             }
             parts[idx].mount = Some(mp);
         }
@@ -286,7 +289,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
             )
         })?;
     let esp = &parts[esp_idx];
-    let esp_mount = esp.mount.clone().unwrap_or_else(|| DEFAULT_ESP_MOUNT.into());
+    let esp_mount = esp
+        .mount
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ESP_MOUNT.into());
     let found = esp::inspect(&image, esp.gpt.offset(lba), esp.gpt.size(lba), &esp_mount)
         .with_context(|| format!("detecting the bootloader on partition {}", esp.gpt.number))?;
     let os_arch = match &opts.os_arch {
@@ -312,7 +318,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
             .iter()
             .filter(|p| p.mount.is_some())
             .map(|p| {
-                let fs = p.fs.as_ref().expect("checked: mounted partitions have a filesystem");
+                let fs =
+                    p.fs.as_ref()
+                        .expect("checked: mounted partitions have a filesystem");
                 Filesystem {
                     image: placeholder(&p.image_path, p.gpt.size(lba)),
                     mount_point: p.mount.clone().unwrap_or_default(),
@@ -346,8 +354,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
 
     let partial = partial_path(&opts.output);
     let guard = RemoveOnDrop(Some(partial.clone()));
-    let out = File::create(&partial)
-        .with_context(|| format!("creating {}", partial.display()))?;
+    let out = File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
     let mtime = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -359,7 +366,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
 
     let total: u64 = primary_len + parts.iter().map(|p| p.gpt.size(lba)).sum::<u64>();
     let threads = if opts.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1)
     } else {
         opts.threads
     };
@@ -368,11 +377,14 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     let mut max_window_log = 0;
     let mut jobs: Vec<(String, u64, u64, Option<&Part>)> =
         vec![("images/primary-gpt.rawzst".into(), 0, primary_len, None)];
-    jobs.extend(
-        parts
-            .iter()
-            .map(|p| (p.image_path.clone(), p.gpt.offset(lba), p.gpt.size(lba), Some(p))),
-    );
+    jobs.extend(parts.iter().map(|p| {
+        (
+            p.image_path.clone(),
+            p.gpt.offset(lba),
+            p.gpt.size(lba),
+            Some(p),
+        )
+    }));
     let mut written: Vec<ImageFile> = Vec::new();
     for (path, offset, len, part) in jobs {
         tracing::info!(image = %path, bytes = len, "compressing");
@@ -415,7 +427,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     tar.fill(&reservation, &json)?;
     let size = tar.finish()?;
     std::fs::rename(&partial, &opts.output).with_context(|| {
-        format!("renaming {} to {}", partial.display(), opts.output.display())
+        format!(
+            "renaming {} to {}",
+            partial.display(),
+            opts.output.display()
+        )
     })?;
     std::mem::forget(guard);
     if let Some(dir) = opts.output.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -516,13 +532,19 @@ fn check_mounts(parts: &[Part]) -> Result<()> {
         if fs.fs_type == "swap" {
             return Err(invalid(
                 "cosi-build-swap-mounted",
-                format!("partition {} is swap and cannot be mounted at {mp}", p.gpt.number),
+                format!(
+                    "partition {} is swap and cannot be mounted at {mp}",
+                    p.gpt.number
+                ),
             ));
         }
         if !uuids.insert(fs.uuid.to_ascii_lowercase()) {
             return Err(invalid(
                 "cosi-build-duplicate-fs-uuid",
-                format!("filesystem UUID {} appears twice in the disk image", fs.uuid),
+                format!(
+                    "filesystem UUID {} appears twice in the disk image",
+                    fs.uuid
+                ),
             ));
         }
     }
@@ -536,10 +558,9 @@ fn check_mounts(parts: &[Part]) -> Result<()> {
 }
 
 fn reader_for(image: &Path, lba: u64, p: &Part) -> Result<Box<dyn FsReader>> {
-    let fs = p
-        .fs
-        .as_ref()
-        .with_context(|| format!("partition {} has no filesystem", p.gpt.number))?;
+    let fs =
+        p.fs.as_ref()
+            .with_context(|| format!("partition {} has no filesystem", p.gpt.number))?;
     Ok(match fs.fs_type.as_str() {
         "ext2" | "ext3" | "ext4" => Box::new(rootfs::ExtReader::new(image, p.gpt.offset(lba))?),
         t @ ("xfs" | "btrfs") => Box::new(rootfs::LoopMountReader::new(
@@ -563,10 +584,12 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
     let lba = disk.lba_size;
     let mut order: Vec<usize> = (0..parts.len())
         .filter(|&i| {
-            parts[i]
-                .fs
-                .as_ref()
-                .is_some_and(|f| matches!(f.fs_type.as_str(), "ext2" | "ext3" | "ext4" | "xfs" | "btrfs"))
+            parts[i].fs.as_ref().is_some_and(|f| {
+                matches!(
+                    f.fs_type.as_str(),
+                    "ext2" | "ext3" | "ext4" | "xfs" | "btrfs"
+                )
+            })
         })
         .collect();
     order.sort_by_key(|&i| !ROOT_TYPES.contains(&parts[i].gpt.type_guid.as_str()));
@@ -612,9 +635,9 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
         });
         match found {
             Some(i) if i == root_idx && mp == "/" => {}
-            Some(i) if i == root_idx => bail!(
-                "the image's fstab mounts the root filesystem again at {mp}"
-            ),
+            Some(i) if i == root_idx => {
+                bail!("the image's fstab mounts the root filesystem again at {mp}")
+            }
             Some(i) => {
                 if let Some(old) = &parts[i].mount {
                     bail!(
@@ -696,7 +719,10 @@ fn read_packages(readers: &Readers) -> Result<Vec<packages::Package>> {
         return packages::parse_dpkg_status(&String::from_utf8_lossy(&status))
             .context("parsing /var/lib/dpkg/status");
     }
-    for db in ["/var/lib/rpm/rpmdb.sqlite", "/usr/lib/sysimage/rpm/rpmdb.sqlite"] {
+    for db in [
+        "/var/lib/rpm/rpmdb.sqlite",
+        "/usr/lib/sysimage/rpm/rpmdb.sqlite",
+    ] {
         if let Some(bytes) = readers.read(db)? {
             let tmp = tempfile::Builder::new()
                 .prefix("trident-rpmdb.")
@@ -707,7 +733,9 @@ fn read_packages(readers: &Readers) -> Result<Vec<packages::Package>> {
             return packages::read_rpmdb_sqlite(&p).with_context(|| format!("reading {db}"));
         }
     }
-    tracing::warn!("no package database (dpkg status or rpmdb.sqlite) in the image; osPackages is empty");
+    tracing::warn!(
+        "no package database (dpkg status or rpmdb.sqlite) in the image; osPackages is empty"
+    );
     Ok(Vec::new())
 }
 
@@ -718,7 +746,13 @@ fn name_images(parts: &mut [Part]) {
     for p in parts.iter_mut() {
         let clean = |s: &str| -> String {
             s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
                 .collect::<String>()
                 .trim_matches('-')
                 .to_string()
@@ -789,13 +823,16 @@ fn compress_region(
         len: 0,
         head: Vec::new(),
     };
-    let mut enc = zstd::stream::write::Encoder::new(hw, level).context("creating a zstd encoder")?;
+    let mut enc =
+        zstd::stream::write::Encoder::new(hw, level).context("creating a zstd encoder")?;
     if threads > 1 {
-        enc.multithread(threads).context("enabling zstd worker threads")?;
+        enc.multithread(threads)
+            .context("enabling zstd worker threads")?;
     }
     enc.include_checksum(true).context("configuring zstd")?;
     enc.include_contentsize(true).context("configuring zstd")?;
-    enc.set_pledged_src_size(Some(len)).context("configuring zstd")?;
+    enc.set_pledged_src_size(Some(len))
+        .context("configuring zstd")?;
     let mut buf = vec![0u8; CHUNK];
     let mut pos = 0u64;
     while pos < len {
@@ -808,8 +845,8 @@ fn compress_region(
         progress(n as u64);
     }
     let hw = enc.finish().context("finishing the zstd frame")?;
-    let window_log = frame_window_log(&hw.head)
-        .context("reading back the zstd frame header just written")?;
+    let window_log =
+        frame_window_log(&hw.head).context("reading back the zstd frame header just written")?;
     let compressed = hw.inner.finish()?;
     debug_assert_eq!(compressed, hw.len);
     Ok((
@@ -850,7 +887,11 @@ pub fn frame_window_log(head: &[u8]) -> Result<u32> {
     if fcs_len == 2 {
         fcs += 256;
     }
-    let log = if fcs <= 1 { 0 } else { 64 - (fcs - 1).leading_zeros() };
+    let log = if fcs <= 1 {
+        0
+    } else {
+        64 - (fcs - 1).leading_zeros()
+    };
     Ok(log.max(10))
 }
 
@@ -904,7 +945,10 @@ mod tests {
             };
             assert_eq!(dec(wlog).unwrap(), data, "size {size} level {level}");
             if wlog > 10 {
-                assert!(dec(wlog - 1).is_err(), "size {size}: window log {wlog} not tight");
+                assert!(
+                    dec(wlog - 1).is_err(),
+                    "size {size}: window log {wlog} not tight"
+                );
             }
         }
         assert!(frame_window_log(b"not zstd").is_err());
@@ -964,17 +1008,26 @@ mod tests {
                 .code
         };
         assert!(check_mounts(&[part(1, "", Some("/")), part(2, "", Some("/var"))]).is_ok());
-        assert_eq!(code(&[part(1, "", Some("/var"))]), "cosi-build-no-root-mount");
+        assert_eq!(
+            code(&[part(1, "", Some("/var"))]),
+            "cosi-build-no-root-mount"
+        );
         assert_eq!(
             code(&[part(1, "", Some("/")), part(2, "", Some("/"))]),
             "cosi-build-duplicate-mount"
         );
         let mut dup = part(2, "", Some("/var"));
         dup.fs.as_mut().unwrap().uuid = "UUID-1".into();
-        assert_eq!(code(&[part(1, "", Some("/")), dup]), "cosi-build-duplicate-fs-uuid");
+        assert_eq!(
+            code(&[part(1, "", Some("/")), dup]),
+            "cosi-build-duplicate-fs-uuid"
+        );
         let mut nofs = part(2, "", Some("/var"));
         nofs.fs = None;
-        assert_eq!(code(&[part(1, "", Some("/")), nofs]), "cosi-build-unknown-filesystem");
+        assert_eq!(
+            code(&[part(1, "", Some("/")), nofs]),
+            "cosi-build-unknown-filesystem"
+        );
     }
 
     #[test]

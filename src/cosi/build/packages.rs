@@ -121,11 +121,16 @@ pub fn parse_rpm_header(blob: &[u8]) -> Result<Package> {
         let v = match ty {
             TYPE_STRING => {
                 let s = data.get(off..).context("rpm string offset out of range")?;
-                let end = s.iter().position(|&b| b == 0).context("unterminated rpm string")?;
+                let end = s
+                    .iter()
+                    .position(|&b| b == 0)
+                    .context("unterminated rpm string")?;
                 String::from_utf8_lossy(&s[..end]).into_owned()
             }
             TYPE_INT32 => {
-                let b = data.get(off..off + 4).context("rpm int offset out of range")?;
+                let b = data
+                    .get(off..off + 4)
+                    .context("rpm int offset out of range")?;
                 u32::from_be_bytes(b.try_into().expect("4 bytes")).to_string()
             }
             _ => continue,
@@ -147,7 +152,10 @@ pub fn parse_rpm_header(blob: &[u8]) -> Result<Package> {
         version,
         release: get(TAG_RELEASE, "RELEASE")?,
         // gpg-pubkey pseudo-packages have no ARCH.
-        arch: fields.get(&TAG_ARCH).cloned().unwrap_or_else(|| "noarch".into()),
+        arch: fields
+            .get(&TAG_ARCH)
+            .cloned()
+            .unwrap_or_else(|| "noarch".into()),
     })
 }
 
@@ -219,9 +227,16 @@ Version: 1.0-1
                 arch: "x86_64".into()
             }
         );
-        assert_eq!((p[0].version.as_str(), p[0].release.as_str()), ("12.4+deb12u5", ""));
         assert_eq!(
-            (p[2].version.as_str(), p[2].release.as_str(), p[2].arch.as_str()),
+            (p[0].version.as_str(), p[0].release.as_str()),
+            ("12.4+deb12u5", "")
+        );
+        assert_eq!(
+            (
+                p[2].version.as_str(),
+                p[2].release.as_str(),
+                p[2].arch.as_str()
+            ),
             ("1:2024a", "0+deb12u1", "noarch")
         );
     }
@@ -304,7 +319,8 @@ Version: 1.0-1
                 (TAG_ARCH, TYPE_STRING, "noarch"),
             ]),
         ] {
-            db.execute("INSERT INTO Packages (blob) VALUES (?1)", [b]).unwrap();
+            db.execute("INSERT INTO Packages (blob) VALUES (?1)", [b])
+                .unwrap();
         }
         drop(db);
         let pkgs = read_rpmdb_sqlite(&path).unwrap();

@@ -69,8 +69,7 @@ fn probe_ext(buf: &[u8]) -> Option<FsInfo> {
     if incompat & INCOMPAT_JOURNAL_DEV != 0 {
         return None; // an external journal, not a mountable filesystem
     }
-    let fs_type = if incompat & !EXT3_INCOMPAT_SUPP != 0 || ro_compat & !EXT3_RO_COMPAT_SUPP != 0
-    {
+    let fs_type = if incompat & !EXT3_INCOMPAT_SUPP != 0 || ro_compat & !EXT3_RO_COMPAT_SUPP != 0 {
         "ext4"
     } else if compat & COMPAT_HAS_JOURNAL != 0 {
         "ext3"
@@ -180,7 +179,13 @@ mod tests {
     fn ext4_and_ext2() {
         let Some(b) = mkfs(
             "mkfs.ext4",
-            &["-q", "-U", "0b3f8ad6-6b8a-4d8e-9d54-1d7c2d6b9c01", "-L", "rootfs"],
+            &[
+                "-q",
+                "-U",
+                "0b3f8ad6-6b8a-4d8e-9d54-1d7c2d6b9c01",
+                "-L",
+                "rootfs",
+            ],
             16,
         ) else {
             return;
@@ -201,7 +206,11 @@ mod tests {
 
     #[test]
     fn vfat_serial_formats_like_blkid() {
-        let Some(b) = mkfs("mkfs.vfat", &["-F", "32", "-i", "1a2b3c4d", "-n", "EFI"], 64) else {
+        let Some(b) = mkfs(
+            "mkfs.vfat",
+            &["-F", "32", "-i", "1a2b3c4d", "-n", "EFI"],
+            64,
+        ) else {
             return;
         };
         assert_eq!(
@@ -240,7 +249,13 @@ mod tests {
     fn xfs_when_available() {
         let Some(b) = mkfs(
             "mkfs.xfs",
-            &["-q", "-m", "uuid=2f2e3d4c-5b6a-4798-8a9b-0c1d2e3f4a5b", "-L", "data"],
+            &[
+                "-q",
+                "-m",
+                "uuid=2f2e3d4c-5b6a-4798-8a9b-0c1d2e3f4a5b",
+                "-L",
+                "data",
+            ],
             300,
         ) else {
             return;

@@ -133,7 +133,11 @@ impl ExtReader {
                 } else {
                     // A slow symlink: its data block holds the target.
                     let t = self.debugfs(&format!("cat \"{path}\""))?;
-                    Node::Link(String::from_utf8_lossy(&t).trim_end_matches('\0').to_string())
+                    Node::Link(
+                        String::from_utf8_lossy(&t)
+                            .trim_end_matches('\0')
+                            .to_string(),
+                    )
                 }
             }
             _ => Node::Missing,
@@ -160,9 +164,7 @@ pub struct LoopMountReader {
 impl LoopMountReader {
     pub fn new(image: &Path, offset: u64, size: u64, fs_type: &str) -> Result<Self> {
         if !nix::unistd::Uid::effective().is_root() {
-            bail!(
-                "reading files from a {fs_type} filesystem needs a loop mount, which needs root"
-            );
+            bail!("reading files from a {fs_type} filesystem needs a loop mount, which needs root");
         }
         let dir = tempfile::Builder::new()
             .prefix("trident-cosi-build.")
@@ -260,9 +262,15 @@ mod tests {
         ]);
         let st = stat_of(&m);
         let r = |p| resolve(p, &st);
-        assert_eq!(r("/etc/os-release").unwrap().unwrap(), "/usr/lib/os-release");
+        assert_eq!(
+            r("/etc/os-release").unwrap().unwrap(),
+            "/usr/lib/os-release"
+        );
         assert_eq!(r("/etc/abs").unwrap().unwrap(), "/usr/lib/os-release");
-        assert_eq!(r("/lib/os-release").unwrap().unwrap(), "/usr/lib/os-release");
+        assert_eq!(
+            r("/lib/os-release").unwrap().unwrap(),
+            "/usr/lib/os-release"
+        );
         // `..` at the root stays at the root, as in a chroot.
         assert_eq!(r("/etc/escape").unwrap().unwrap(), "/usr/lib/os-release");
         assert_eq!(r("/etc/missing").unwrap(), None);
@@ -298,7 +306,10 @@ mod tests {
             .run()
             .unwrap();
         let r = ExtReader::new(&img, 1 << 20).unwrap();
-        assert_eq!(r.read_file("/etc/os-release").unwrap().unwrap(), b"ID=fixture\n");
+        assert_eq!(
+            r.read_file("/etc/os-release").unwrap().unwrap(),
+            b"ID=fixture\n"
+        );
         assert_eq!(r.read_file("/etc/slow").unwrap().unwrap(), b"ID=fixture\n");
         assert_eq!(r.read_file("/etc/none").unwrap(), None);
         // Not an ext filesystem at that offset: a clear error, not "missing".

@@ -119,7 +119,9 @@ pub struct TarWriter {
 impl TarWriter {
     /// Start an archive at the beginning of `file` (which should be empty).
     pub fn new(file: File, mtime: u64) -> Result<Self> {
-        let clone = file.try_clone().context("duplicating the output file handle")?;
+        let clone = file
+            .try_clone()
+            .context("duplicating the output file handle")?;
         Ok(Self {
             file,
             out: BufWriter::with_capacity(1 << 20, clone),
