@@ -2,3 +2,6 @@
 
 pub mod build;
 pub mod source;
+pub mod metadata;
+pub mod reader;
+pub mod tar;
