@@ -296,6 +296,30 @@ fn builds_valid_cosi_from_fixture_disk() {
         assert_member_matches_region(&path, wlog, &img, offset, len);
     }
 
+    // The project's own reader accepts it: marker, metadata hash, members, sizes.
+    let opened = trident::cosi::reader::Cosi::open(
+        Box::new(trident::cosi::source::FileSource::new(&cosi).unwrap()),
+        Some(&summary.metadata_sha384),
+    )
+    .unwrap();
+    assert_eq!(opened.images().len(), 3);
+    assert_eq!(opened.regions().len(), 4);
+    assert_eq!(
+        u64::from(opened.metadata().compression.unwrap().max_window_log),
+        wlog
+    );
+    let root = opened.image_for_mount_point("/").unwrap();
+    assert_eq!(root.fs_type, "ext4");
+    let mut z = zstd::stream::read::Decoder::new(opened.read_image(&root.image).unwrap()).unwrap();
+    let mut first = vec![0u8; 4096];
+    z.read_exact(&mut first).unwrap();
+    let mut want = vec![0u8; 4096];
+    File::open(&img)
+        .unwrap()
+        .read_exact_at(&mut want, layout["PART_ROOT_START"].parse().unwrap())
+        .unwrap();
+    assert_eq!(first, want);
+
     // Filesystems: what blkid says about the same regions.
     let images = md["images"].as_array().unwrap();
     let by_mount: HashMap<&str, &serde_json::Value> = images
