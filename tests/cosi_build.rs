@@ -546,3 +546,152 @@ fn refuses_bad_inputs_with_clear_errors() {
         "no half-written output left"
     );
 }
+
+/// Unmounts on drop, even when the test panics.
+struct Mounted(PathBuf);
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+fn mount(args: &[&str], src: &Path, at: &Path) -> Mounted {
+    std::fs::create_dir_all(at).unwrap();
+    run(Command::new("mount").args(args).arg(src).arg(at));
+    Mounted(at.to_path_buf())
+}
+
+#[test]
+fn xfs_root_is_read_through_a_loop_mount() {
+    if tools_missing() {
+        return;
+    }
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root (loop mounts)");
+        return;
+    }
+    if !trident::cmd::have_program("mkfs.xfs") {
+        eprintln!("skipping: needs xfsprogs");
+        return;
+    }
+    let dir = sparse_tempdir();
+    let (img, layout) = make_image(
+        dir.path(),
+        "x",
+        &[("VAR_MB", "0"), ("ROOT_MB", "320"), ("ESP_MB", "40")],
+    );
+    let root_start: u64 = layout["PART_ROOT_START"].parse().unwrap();
+    let root_size: u64 = layout["PART_ROOT_SIZE"].parse().unwrap();
+
+    // Rebuild the fixture's root tree as XFS and put it in the root partition.
+    let xfs = dir.path().join("root.xfs");
+    File::create(&xfs).unwrap().set_len(root_size).unwrap();
+    let xfs_uuid = "6a1f3c2e-8d4b-4e7a-9c0d-2b3e4f5a6b7c";
+    run(Command::new("mkfs.xfs")
+        .args(["-q", "-m", &format!("uuid={xfs_uuid}"), "-L", "xroot"])
+        .arg(&xfs));
+    {
+        let from = mount(
+            &[
+                "-o",
+                &format!("ro,loop,offset={root_start},sizelimit={root_size}"),
+            ],
+            &img,
+            &dir.path().join("from"),
+        );
+        let to = mount(&["-o", "loop"], &xfs, &dir.path().join("to"));
+        run(Command::new("cp")
+            .arg("-a")
+            .arg(from.0.join("."))
+            .arg(&to.0));
+    }
+    let data = std::fs::read(&xfs).unwrap();
+    File::options()
+        .write(true)
+        .open(&img)
+        .unwrap()
+        .write_all_at(&data, root_start)
+        .unwrap();
+
+    let cosi = dir.path().join("x.cosi");
+    let mut opts = BuildOptions::new(&img, &cosi);
+    opts.mounts = vec![
+        (PartSelector::Number(2), "/".into()),
+        (PartSelector::Label("esp".into()), "/boot/efi".into()),
+    ];
+    build::build(&opts, &|_, _| {}).unwrap();
+    let md = run(Command::new("tar")
+        .arg("-xOf")
+        .arg(&cosi)
+        .arg("metadata.json"));
+    let md: serde_json::Value = serde_json::from_str(&md).unwrap();
+    let root = md["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["mountPoint"] == "/")
+        .unwrap();
+    assert_eq!(root["fsType"], "xfs");
+    assert_eq!(root["fsUuid"], xfs_uuid);
+    assert!(md["osRelease"]
+        .as_str()
+        .unwrap()
+        .contains("IMAGE_VERSION=x\n"));
+    assert_eq!(md["osPackages"].as_array().unwrap().len(), 6);
+    // The builder's own read-only mount is gone.
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert!(!mounts.contains("trident-cosi-build."), "{mounts}");
+}
+
+#[test]
+fn fstab_by_device_path_and_partlabel() {
+    if tools_missing() {
+        return;
+    }
+    let dir = sparse_tempdir();
+    let small = [("VAR_MB", "0"), ("ROOT_MB", "32"), ("ESP_MB", "40")];
+    let with_fstab = |name: &str, fstab: &str| {
+        let extra = dir.path().join(format!("extra-{name}"));
+        std::fs::create_dir_all(extra.join("etc")).unwrap();
+        std::fs::write(extra.join("etc/fstab"), fstab).unwrap();
+        let mut env = small.to_vec();
+        let extra_s = extra.to_str().unwrap().to_string();
+        env.push(("ROOT_EXTRA_DIR", &extra_s));
+        make_image(dir.path(), name, &env).0
+    };
+
+    // `/dev/sda2` cannot be mapped: the root is the partition with os-release anyway;
+    // PARTLABEL= maps the ESP.
+    let img = with_fstab(
+        "p",
+        "/dev/sda2 / ext4 defaults 0 1\nPARTLABEL=esp /boot/efi/ vfat defaults 0 2\nUUID=0000-0000 /mnt/usb vfat noauto 0 0\n",
+    );
+    let out = dir.path().join("p.cosi");
+    let s = build::build(&BuildOptions::new(&img, &out), &|_, _| {}).unwrap();
+    let mounts: Vec<_> = s
+        .regions
+        .iter()
+        .map(|r| (r.number, r.mount_point.clone()))
+        .collect();
+    assert_eq!(
+        mounts,
+        [
+            (None, None),
+            (Some(1), Some("/boot/efi".to_string())),
+            (Some(2), Some("/".to_string()))
+        ]
+    );
+
+    // fstab puts another partition at /: refused, naming both.
+    let img = with_fstab("q", "PARTLABEL=esp / vfat defaults 0 1\n");
+    let e = build::build(
+        &BuildOptions::new(&img, dir.path().join("q.cosi")),
+        &|_, _| {},
+    )
+    .unwrap_err();
+    let msg = format!("{e:#}");
+    assert!(
+        msg.contains("partition 1 at /") && msg.contains("os-release is on partition 2"),
+        "{msg}"
+    );
+}

@@ -638,6 +638,11 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
             Some(i) if i == root_idx => {
                 bail!("the image's fstab mounts the root filesystem again at {mp}")
             }
+            Some(i) if mp == "/" => bail!(
+                "the image's fstab mounts partition {} at /, but os-release is on partition {}; pass --mount to choose",
+                parts[i].gpt.number,
+                parts[root_idx].gpt.number
+            ),
             Some(i) => {
                 if let Some(old) = &parts[i].mount {
                     bail!(
@@ -647,10 +652,6 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
                 }
                 parts[i].mount = Some(mp);
             }
-            None if mp == "/" => bail!(
-                "the image's fstab mounts {} at /, which is not the partition holding os-release",
-                e.spec
-            ),
             None => tracing::warn!(
                 spec = %e.spec,
                 mount = %mp,
