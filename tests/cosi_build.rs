@@ -695,3 +695,46 @@ fn fstab_by_device_path_and_partlabel() {
         "{msg}"
     );
 }
+
+/// Throughput against the zstd CLI on the same bytes, same machine, same run.
+/// `cargo test --release --test cosi_build -- --ignored --nocapture bench`
+/// (`COSI_BENCH_DATA=DIR` chooses what fills the root; default `/usr/lib/x86_64-linux-gnu`).
+#[test]
+#[ignore]
+fn bench_build_against_zstd_cli() {
+    if tools_missing() {
+        return;
+    }
+    let data = std::env::var("COSI_BENCH_DATA").unwrap_or("/usr/lib/x86_64-linux-gnu".into());
+    let dir = sparse_tempdir();
+    let extra = dir.path().join("extra");
+    std::fs::create_dir_all(extra.join("opt")).unwrap();
+    run(Command::new("cp").arg("-a").arg(&data).arg(extra.join("opt/data")));
+    let extra_s = extra.to_str().unwrap().to_string();
+    let (img, _) = make_image(
+        dir.path(),
+        "bench",
+        &[("ROOT_MB", "2048"), ("ROOT_EXTRA_DIR", &extra_s)],
+    );
+    let _ = std::fs::remove_dir_all(&extra);
+    let total = std::fs::metadata(&img).unwrap().len();
+
+    let t = std::time::Instant::now();
+    let shell = format!(
+        "zstd -3 -T0 --no-progress -q -c {} | sha384sum >/dev/null",
+        img.display()
+    );
+    run(Command::new("sh").args(["-c", &shell]));
+    let baseline = t.elapsed().as_secs_f64();
+
+    let t = std::time::Instant::now();
+    let s = build::build(&BuildOptions::new(&img, dir.path().join("b.cosi")), &|_, _| {}).unwrap();
+    let ours = t.elapsed().as_secs_f64();
+    let mib = total as f64 / (1 << 20) as f64;
+    eprintln!(
+        "disk {mib:.0} MiB -> cosi {:.0} MiB; zstd CLI + sha384sum: {baseline:.2}s ({:.0} MiB/s); cosi build: {ours:.2}s ({:.0} MiB/s)",
+        s.size as f64 / (1 << 20) as f64,
+        mib / baseline,
+        mib / ours
+    );
+}
