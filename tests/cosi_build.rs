@@ -709,7 +709,10 @@ fn bench_build_against_zstd_cli() {
     let dir = sparse_tempdir();
     let extra = dir.path().join("extra");
     std::fs::create_dir_all(extra.join("opt")).unwrap();
-    run(Command::new("cp").arg("-a").arg(&data).arg(extra.join("opt/data")));
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(&data)
+        .arg(extra.join("opt/data")));
     let extra_s = extra.to_str().unwrap().to_string();
     let (img, _) = make_image(
         dir.path(),
@@ -728,7 +731,11 @@ fn bench_build_against_zstd_cli() {
     let baseline = t.elapsed().as_secs_f64();
 
     let t = std::time::Instant::now();
-    let s = build::build(&BuildOptions::new(&img, dir.path().join("b.cosi")), &|_, _| {}).unwrap();
+    let s = build::build(
+        &BuildOptions::new(&img, dir.path().join("b.cosi")),
+        &|_, _| {},
+    )
+    .unwrap();
     let ours = t.elapsed().as_secs_f64();
     let mib = total as f64 / (1 << 20) as f64;
     eprintln!(

@@ -41,6 +41,8 @@ use std::str::FromStr;
 pub const DEFAULT_LEVEL: i32 = 3;
 /// Bytes read from the disk image per step.
 const CHUNK: usize = 4 << 20;
+/// Chunks read ahead of the compressor.
+const READ_AHEAD: usize = 3;
 /// Where the ESP is mounted when nothing says otherwise.
 const DEFAULT_ESP_MOUNT: &str = "/boot/efi";
 
@@ -834,17 +836,38 @@ fn compress_region(
     enc.include_contentsize(true).context("configuring zstd")?;
     enc.set_pledged_src_size(Some(len))
         .context("configuring zstd")?;
-    let mut buf = vec![0u8; CHUNK];
-    let mut pos = 0u64;
-    while pos < len {
-        let n = (len - pos).min(CHUNK as u64) as usize;
-        image
-            .read_exact_at(&mut buf[..n], offset + pos)
-            .with_context(|| format!("reading the disk image at offset {}", offset + pos))?;
-        enc.write_all(&buf[..n]).context("compressing")?;
-        pos += n as u64;
-        progress(n as u64);
-    }
+    // A reader thread keeps the next chunks coming while this thread feeds the
+    // encoder (whose workers compress) and writes; at most READ_AHEAD chunks in flight.
+    let (tx, rx) = crossbeam_channel::bounded::<Result<Vec<u8>>>(READ_AHEAD);
+    std::thread::scope(|scope| -> Result<()> {
+        scope.spawn(move || {
+            let mut pos = 0u64;
+            while pos < len {
+                let n = (len - pos).min(CHUNK as u64) as usize;
+                let mut buf = vec![0u8; n];
+                let r = image
+                    .read_exact_at(&mut buf, offset + pos)
+                    .with_context(|| format!("reading the disk image at offset {}", offset + pos))
+                    .map(|_| buf);
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    return; // the writer stopped, or there is nothing more to read
+                }
+                pos += n as u64;
+            }
+        });
+        // Owned by this closure: dropped on an early return, which unblocks the reader
+        // before the scope joins it.
+        let rx = rx;
+        let mut got = 0u64;
+        while got < len {
+            let buf = rx.recv().context("the disk image reader stopped early")??;
+            enc.write_all(&buf).context("compressing")?;
+            got += buf.len() as u64;
+            progress(buf.len() as u64);
+        }
+        Ok(())
+    })?;
     let hw = enc.finish().context("finishing the zstd frame")?;
     let window_log =
         frame_window_log(&hw.head).context("reading back the zstd frame header just written")?;
@@ -899,6 +922,45 @@ pub fn frame_window_log(head: &[u8]) -> Result<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_image_read_fails_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = dir.path().join("img");
+        std::fs::write(&img, vec![5u8; 10 << 20]).unwrap();
+        let image = File::open(&img).unwrap();
+        let mut tar =
+            tarwrite::TarWriter::new(File::create(dir.path().join("t")).unwrap(), 0).unwrap();
+        // Ask for more than the file has: the reader thread fails after two chunks.
+        let err = compress_region(&image, 0, 40 << 20, &mut tar, "images/x", 3, 2, &mut |_| {})
+            .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("reading the disk image at offset 8388608"),
+            "{err:#}"
+        );
+        // A region that fits compresses to a frame that decodes to the same bytes.
+        let mut tar =
+            tarwrite::TarWriter::new(File::create(dir.path().join("u")).unwrap(), 0).unwrap();
+        let mut seen = 0;
+        let (f, _) = compress_region(
+            &image,
+            1 << 20,
+            9 << 20,
+            &mut tar,
+            "images/y",
+            3,
+            1,
+            &mut |n| seen += n,
+        )
+        .unwrap();
+        assert_eq!(seen, 9 << 20);
+        assert_eq!(f.uncompressed_size, 9 << 20);
+        tar.finish().unwrap();
+        let raw = std::fs::read(dir.path().join("u")).unwrap();
+        let data = &raw[512..512 + f.compressed_size as usize];
+        assert_eq!(hex::encode(Sha384::digest(data)), f.sha384);
+        assert_eq!(zstd::decode_all(data).unwrap(), vec![5u8; 9 << 20]);
+    }
 
     #[test]
     fn selectors_and_mount_args() {
