@@ -627,11 +627,7 @@ mod tests {
             b"11 pathxyz\n",
             b"3 a\n",
         ] {
-            assert_eq!(
-                parse_pax_records(bad).unwrap_err().code,
-                E_BAD_PAX,
-                "{bad:?}"
-            );
+            assert_eq!(parse_pax_records(bad).unwrap_err().code, E_BAD_PAX, "{bad:?}");
         }
     }
 
@@ -670,12 +666,7 @@ mod tests {
     fn gnu_long_name_and_link() {
         let long = format!("images/{}.rawzst", "x".repeat(150));
         let mut t = Vec::new();
-        member(
-            &mut t,
-            "././@LongLink",
-            format!("{long}\0").as_bytes(),
-            b'L',
-        );
+        member(&mut t, "././@LongLink", format!("{long}\0").as_bytes(), b'L');
         member(&mut t, &long[..99], b"abc", b'0');
         let target = format!("images/{}", "y".repeat(120));
         member(&mut t, "././@LongLink", target.as_bytes(), b'K');
@@ -735,10 +726,7 @@ mod tests {
         half.extend_from_slice(&[0u8; 512]);
         assert_eq!(code_of(&walk_bytes(half).unwrap_err()), E_TRUNCATED);
         // Cut inside the padding.
-        assert_eq!(
-            code_of(&walk_bytes(t[..700].to_vec()).unwrap_err()),
-            E_TRUNCATED
-        );
+        assert_eq!(code_of(&walk_bytes(t[..700].to_vec()).unwrap_err()), E_TRUNCATED);
         // Cut inside the data.
         assert_eq!(
             code_of(&walk_bytes(t[..550].to_vec()).unwrap_err()),
@@ -752,10 +740,7 @@ mod tests {
         let mut huge256 = Vec::new();
         huge256.extend(header("a", u64::MAX - 10, b'0', "", true));
         end(&mut huge256);
-        assert_eq!(
-            code_of(&walk_bytes(huge256).unwrap_err()),
-            E_MEMBER_PAST_END
-        );
+        assert_eq!(code_of(&walk_bytes(huge256).unwrap_err()), E_MEMBER_PAST_END);
         // Empty file.
         assert_eq!(code_of(&walk_bytes(Vec::new()).unwrap_err()), E_TRUNCATED);
     }
@@ -777,13 +762,7 @@ mod tests {
     #[test]
     fn oversized_extended_header_is_refused() {
         let mut t = Vec::new();
-        t.extend(header(
-            "PaxHeaders/x",
-            MAX_EXTENDED_HEADER + 1,
-            b'x',
-            "",
-            false,
-        ));
+        t.extend(header("PaxHeaders/x", MAX_EXTENDED_HEADER + 1, b'x', "", false));
         t.resize(t.len() + MAX_EXTENDED_HEADER as usize + 512, 0);
         end(&mut t);
         assert_eq!(code_of(&walk_bytes(t).unwrap_err()), E_BAD_HEADER);
