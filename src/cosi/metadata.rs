@@ -16,6 +16,9 @@
 //! (`images[0].image.sha384`) and carries a stable code; all errors of a document are
 //! collected into one [`TridentErrors`].
 
+// `TridentError` is the project's error value (136 bytes); these are cold paths.
+#![allow(clippy::result_large_err)]
+
 use crate::error::{TridentError, TridentErrors};
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -407,7 +410,11 @@ impl Checker {
         match obj.get(key) {
             Some(Value::Null) | None => {
                 if required {
-                    self.err(E_MISSING_FIELD, &join(path, key), "required field is missing");
+                    self.err(
+                        E_MISSING_FIELD,
+                        &join(path, key),
+                        "required field is missing",
+                    );
                 }
                 None
             }
@@ -427,13 +434,23 @@ impl Checker {
             Value::String(s) => Some(s.clone()),
             other => {
                 let t = type_name(other);
-                self.err(E_WRONG_TYPE, &join(path, key), format!("expected a string, found {t}"));
+                self.err(
+                    E_WRONG_TYPE,
+                    &join(path, key),
+                    format!("expected a string, found {t}"),
+                );
                 None
             }
         }
     }
 
-    fn uint(&mut self, obj: &Map<String, Value>, path: &str, key: &str, required: bool) -> Option<u64> {
+    fn uint(
+        &mut self,
+        obj: &Map<String, Value>,
+        path: &str,
+        key: &str,
+        required: bool,
+    ) -> Option<u64> {
         let v = self.field(obj, path, key, required)?;
         match v.as_u64() {
             Some(n) => Some(n),
@@ -472,7 +489,11 @@ impl Checker {
             Value::Array(a) => Some(a),
             other => {
                 let t = type_name(other);
-                self.err(E_WRONG_TYPE, &join(path, key), format!("expected an array, found {t}"));
+                self.err(
+                    E_WRONG_TYPE,
+                    &join(path, key),
+                    format!("expected an array, found {t}"),
+                );
                 None
             }
         }
@@ -658,7 +679,11 @@ impl Checker {
                     .and_then(|i| self.image_file(i, &join(&vpath, "image")));
                 let roothash = self.string(vobj, &vpath, "roothash", true).filter(|s| {
                     if s.is_empty() {
-                        self.err(E_INVALID_VALUE, &join(&vpath, "roothash"), "must not be empty");
+                        self.err(
+                            E_INVALID_VALUE,
+                            &join(&vpath, "roothash"),
+                            "must not be empty",
+                        );
                     }
                     !s.is_empty()
                 });
@@ -1072,8 +1097,14 @@ mod tests {
         let m = CosiMetadata::from_value(&doc_1_2()).unwrap();
         assert_eq!(m.version, MetadataVersion::V1_2);
         assert_eq!(m.os_arch, OsArch::X86_64);
-        assert_eq!(m.images[0].part_type, "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
-        assert_eq!(m.images[1].part_type, "4f68bce3-e8cd-4db1-96e7-fbcaf984b709");
+        assert_eq!(
+            m.images[0].part_type,
+            "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+        );
+        assert_eq!(
+            m.images[1].part_type,
+            "4f68bce3-e8cd-4db1-96e7-fbcaf984b709"
+        );
         assert_eq!(m.bootloader, Some(Bootloader::Grub));
         assert_eq!(m.disk.as_ref().unwrap().gpt_regions.len(), 3);
         assert_eq!(m.max_window_log(), 30);
@@ -1086,7 +1117,10 @@ mod tests {
         let mut d = doc_1_2();
         d["osArch"] = json!("aarch64");
         let m = CosiMetadata::from_value(&d).unwrap();
-        assert_eq!(m.images[1].part_type, "b921b045-1df0-41c3-af44-4c6f280d3fae");
+        assert_eq!(
+            m.images[1].part_type,
+            "b921b045-1df0-41c3-af44-4c6f280d3fae"
+        );
     }
 
     #[test]
@@ -1103,7 +1137,11 @@ mod tests {
         assert_eq!(e.category, crate::error::Category::UnsupportedConfiguration);
         for bad in ["1", "1.x", "v1.2", "1.2.3", "", " 1.2"] {
             d["version"] = json!(bad);
-            assert_eq!(first_err(&d), (E_BAD_VERSION.into(), "version".into()), "{bad}");
+            assert_eq!(
+                first_err(&d),
+                (E_BAD_VERSION.into(), "version".into()),
+                "{bad}"
+            );
         }
         d["version"] = json!(1.2);
         assert_eq!(first_err(&d), (E_WRONG_TYPE.into(), "version".into()));
@@ -1146,7 +1184,10 @@ mod tests {
         );
         let mut no_boot = d.clone();
         no_boot.as_object_mut().unwrap().remove("bootloader");
-        assert_eq!(first_err(&no_boot), (E_MISSING_FIELD.into(), "bootloader".into()));
+        assert_eq!(
+            first_err(&no_boot),
+            (E_MISSING_FIELD.into(), "bootloader".into())
+        );
         let mut no_release = d.clone();
         no_release["osPackages"][0]
             .as_object_mut()
@@ -1169,8 +1210,13 @@ mod tests {
 
     #[test]
     fn field_errors_name_their_path() {
-        let cases: Vec<(Box<dyn Fn(&mut Value)>, &str, &str)> = vec![
-            (Box::new(|d| d["osArch"] = json!("riscv64")), E_INVALID_OS_ARCH, "osArch"),
+        type Case = (Box<dyn Fn(&mut Value)>, &'static str, &'static str);
+        let cases: Vec<Case> = vec![
+            (
+                Box::new(|d| d["osArch"] = json!("riscv64")),
+                E_INVALID_OS_ARCH,
+                "osArch",
+            ),
             (
                 Box::new(|d| d["images"][0]["image"]["path"] = json!("images/../etc/shadow")),
                 E_INVALID_IMAGE_PATH,
@@ -1209,7 +1255,8 @@ mod tests {
             ),
             (
                 Box::new(|d| {
-                    d["bootloader"] = json!({"type": "systemd-boot", "systemdBoot": {"entries": []}})
+                    d["bootloader"] =
+                        json!({"type": "systemd-boot", "systemdBoot": {"entries": []}})
                 }),
                 E_INVALID_VALUE,
                 "bootloader.systemdBoot.entries",
@@ -1222,8 +1269,16 @@ mod tests {
                 E_INVALID_VALUE,
                 "bootloader.systemdBoot.entries[0].type",
             ),
-            (Box::new(|d| d["disk"]["size"] = json!(1000)), E_INVALID_DISK_SIZE, "disk.size"),
-            (Box::new(|d| d["disk"]["type"] = json!("mbr")), E_INVALID_VALUE, "disk.type"),
+            (
+                Box::new(|d| d["disk"]["size"] = json!(1000)),
+                E_INVALID_DISK_SIZE,
+                "disk.size",
+            ),
+            (
+                Box::new(|d| d["disk"]["type"] = json!("mbr")),
+                E_INVALID_VALUE,
+                "disk.type",
+            ),
             (
                 Box::new(|d| d["disk"]["gptRegions"][2]["number"] = json!(1)),
                 E_INVALID_VALUE,
@@ -1259,8 +1314,16 @@ mod tests {
                 E_INVALID_WINDOW_LOG,
                 "compression.maxWindowLog",
             ),
-            (Box::new(|d| d["images"] = json!({})), E_WRONG_TYPE, "images"),
-            (Box::new(|d| d["osRelease"] = Value::Null), E_MISSING_FIELD, "osRelease"),
+            (
+                Box::new(|d| d["images"] = json!({})),
+                E_WRONG_TYPE,
+                "images",
+            ),
+            (
+                Box::new(|d| d["osRelease"] = Value::Null),
+                E_MISSING_FIELD,
+                "osRelease",
+            ),
         ];
         for (mutate, code, path) in cases {
             let mut d = doc_1_2();
@@ -1275,7 +1338,10 @@ mod tests {
 
     #[test]
     fn not_json_and_not_object() {
-        let e = CosiMetadata::parse(b"{\"version\": ").unwrap_err().0.remove(0);
+        let e = CosiMetadata::parse(b"{\"version\": ")
+            .unwrap_err()
+            .0
+            .remove(0);
         assert_eq!(e.code, E_NOT_JSON);
         assert!(e.line.is_some());
         let e = CosiMetadata::parse(b"[1]").unwrap_err().0.remove(0);

@@ -7,6 +7,9 @@
 //! module only says where they are and refuses archives that are unsafe or
 //! inconsistent.
 
+// `TridentError` is the project's error value (136 bytes); these are cold paths.
+#![allow(clippy::result_large_err)]
+
 use crate::cosi::metadata::{
     metadata_sha384, Bootloader, CosiMetadata, ImageFile, OsArch, RegionType,
 };
@@ -172,14 +175,20 @@ fn locate(
     let Some(m) = index.get(&f.path) else {
         return Err(TridentError::invalid_input(
             E_IMAGE_MISSING,
-            format!("image {} named by the metadata is not in the archive", f.path),
+            format!(
+                "image {} named by the metadata is not in the archive",
+                f.path
+            ),
         )
         .at(format!("{json_path}.path")));
     };
     if m.kind != MemberKind::Regular {
         return Err(TridentError::invalid_input(
             E_IMAGE_NOT_REGULAR,
-            format!("image {} is a {:?} member, not a regular file", f.path, m.kind),
+            format!(
+                "image {} is a {:?} member, not a regular file",
+                f.path, m.kind
+            ),
         )
         .at(format!("{json_path}.path")));
     }
@@ -271,7 +280,10 @@ impl Cosi {
         if meta_member.kind != MemberKind::Regular {
             return Err(fail(TridentError::invalid_input(
                 E_METADATA_NOT_REGULAR,
-                format!("{METADATA} is a {:?} member, not a regular file", meta_member.kind),
+                format!(
+                    "{METADATA} is a {:?} member, not a regular file",
+                    meta_member.kind
+                ),
             )));
         }
         if meta_member.size > MAX_METADATA_SIZE {
@@ -494,7 +506,11 @@ impl CosiSummary {
     pub fn render_human(&self) -> String {
         use std::fmt::Write;
         let mut s = String::new();
-        let _ = writeln!(s, "COSI file:        {} ({} bytes)", self.source, self.file_size);
+        let _ = writeln!(
+            s,
+            "COSI file:        {} ({} bytes)",
+            self.source, self.file_size
+        );
         let _ = writeln!(s, "Metadata version: {}", self.metadata_version);
         let _ = writeln!(s, "Metadata SHA-384: {}", self.metadata_sha384);
         if let Some(id) = &self.id {
@@ -544,11 +560,7 @@ impl CosiSummary {
                 i.image.uncompressed_size
             );
             if let Some(v) = &i.verity {
-                let _ = writeln!(
-                    s,
-                    "    verity {} (root hash {})",
-                    v.image.path, v.roothash
-                );
+                let _ = writeln!(s, "    verity {} (root hash {})", v.image.path, v.roothash);
             }
         }
         let _ = writeln!(
@@ -597,7 +609,10 @@ mod tests {
             (member("", MemberKind::Regular), E_UNSAFE_PATH),
             (member("images/r", MemberKind::Symlink), E_LINK_MEMBER),
             (member("images/r", MemberKind::Hardlink), E_LINK_MEMBER),
-            (member("cosi-marker", MemberKind::Regular), E_DUPLICATE_MEMBER),
+            (
+                member("cosi-marker", MemberKind::Regular),
+                E_DUPLICATE_MEMBER,
+            ),
         ] {
             let mut v = ok.to_vec();
             v.push(m);

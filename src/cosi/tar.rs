@@ -12,6 +12,9 @@
 //! the end and any data after them (e.g. a VHD footer). Every header checksum is
 //! verified.
 
+// `TridentError` is the project's error value (136 bytes); these are cold paths.
+#![allow(clippy::result_large_err)]
+
 use crate::cosi::source::Source;
 use crate::error::TridentError;
 use anyhow::{Context, Result};
@@ -247,16 +250,9 @@ fn utf8(bytes: Vec<u8>, what: &str) -> std::result::Result<String, TridentError>
 /// Strip `./` prefixes and a trailing `/`; the archive root (`./`) becomes empty.
 pub fn normalize_path(p: &str) -> String {
     let mut s = p;
-    loop {
-        if let Some(r) = s.strip_prefix("./") {
-            s = r;
-            while let Some(r2) = s.strip_prefix('/') {
-                // "./" followed by more slashes: `.//x` is `x`
-                s = r2;
-            }
-        } else {
-            break;
-        }
+    while let Some(r) = s.strip_prefix("./") {
+        // `.//x` is `x` too.
+        s = r.trim_start_matches('/');
     }
     if s == "." {
         s = "";
@@ -347,6 +343,21 @@ fn walk_sized(source: &dyn Source, total: u64) -> Result<TarIndex> {
         let header = parse_header(&block).map_err(|e| at(e, offset))?;
         let data_offset = offset + BLOCK;
         let is_meta = matches!(header.typeflag, b'L' | b'K' | b'x' | b'g');
+        // Sparse members store a map before (or around) their data, so their bytes are
+        // not the file's bytes; old GNU sparse headers may even be followed by extra
+        // header blocks. No COSI writer produces them.
+        let pax_sparse = pending
+            .pax
+            .iter()
+            .map(|(k, _)| k)
+            .chain(globals.keys())
+            .any(|k| k.starts_with("GNU.sparse."));
+        if header.typeflag == b'S' || (!is_meta && pax_sparse) {
+            return Err(at(
+                bad_header("sparse members (GNU or PAX sparse formats) are not supported"),
+                offset,
+            ));
+        }
 
         // Effective size: a PAX `size` (per-member, then global) overrides the field.
         let mut size = header.size;
@@ -627,7 +638,11 @@ mod tests {
             b"11 pathxyz\n",
             b"3 a\n",
         ] {
-            assert_eq!(parse_pax_records(bad).unwrap_err().code, E_BAD_PAX, "{bad:?}");
+            assert_eq!(
+                parse_pax_records(bad).unwrap_err().code,
+                E_BAD_PAX,
+                "{bad:?}"
+            );
         }
     }
 
@@ -666,7 +681,12 @@ mod tests {
     fn gnu_long_name_and_link() {
         let long = format!("images/{}.rawzst", "x".repeat(150));
         let mut t = Vec::new();
-        member(&mut t, "././@LongLink", format!("{long}\0").as_bytes(), b'L');
+        member(
+            &mut t,
+            "././@LongLink",
+            format!("{long}\0").as_bytes(),
+            b'L',
+        );
         member(&mut t, &long[..99], b"abc", b'0');
         let target = format!("images/{}", "y".repeat(120));
         member(&mut t, "././@LongLink", target.as_bytes(), b'K');
@@ -726,7 +746,10 @@ mod tests {
         half.extend_from_slice(&[0u8; 512]);
         assert_eq!(code_of(&walk_bytes(half).unwrap_err()), E_TRUNCATED);
         // Cut inside the padding.
-        assert_eq!(code_of(&walk_bytes(t[..700].to_vec()).unwrap_err()), E_TRUNCATED);
+        assert_eq!(
+            code_of(&walk_bytes(t[..700].to_vec()).unwrap_err()),
+            E_TRUNCATED
+        );
         // Cut inside the data.
         assert_eq!(
             code_of(&walk_bytes(t[..550].to_vec()).unwrap_err()),
@@ -740,7 +763,10 @@ mod tests {
         let mut huge256 = Vec::new();
         huge256.extend(header("a", u64::MAX - 10, b'0', "", true));
         end(&mut huge256);
-        assert_eq!(code_of(&walk_bytes(huge256).unwrap_err()), E_MEMBER_PAST_END);
+        assert_eq!(
+            code_of(&walk_bytes(huge256).unwrap_err()),
+            E_MEMBER_PAST_END
+        );
         // Empty file.
         assert_eq!(code_of(&walk_bytes(Vec::new()).unwrap_err()), E_TRUNCATED);
     }
@@ -760,9 +786,29 @@ mod tests {
     }
 
     #[test]
+    fn sparse_members_are_refused() {
+        let mut t = Vec::new();
+        member(&mut t, "images/s", b"abc", b'S');
+        end(&mut t);
+        assert_eq!(code_of(&walk_bytes(t).unwrap_err()), E_BAD_HEADER);
+        let mut t = Vec::new();
+        let x = pax_record("GNU.sparse.major", "1");
+        member(&mut t, "PaxHeaders/x", x.as_bytes(), b'x');
+        member(&mut t, "images/s", b"abc", b'0');
+        end(&mut t);
+        assert_eq!(code_of(&walk_bytes(t).unwrap_err()), E_BAD_HEADER);
+    }
+
+    #[test]
     fn oversized_extended_header_is_refused() {
         let mut t = Vec::new();
-        t.extend(header("PaxHeaders/x", MAX_EXTENDED_HEADER + 1, b'x', "", false));
+        t.extend(header(
+            "PaxHeaders/x",
+            MAX_EXTENDED_HEADER + 1,
+            b'x',
+            "",
+            false,
+        ));
         t.resize(t.len() + MAX_EXTENDED_HEADER as usize + 512, 0);
         end(&mut t);
         assert_eq!(code_of(&walk_bytes(t).unwrap_err()), E_BAD_HEADER);
