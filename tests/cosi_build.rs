@@ -209,6 +209,12 @@ fn builds_valid_cosi_from_fixture_disk() {
     assert_eq!(last.get().0, last.get().1, "progress ends at 100%");
     assert_eq!(std::fs::metadata(&cosi).unwrap().len(), summary.size);
     assert!(!dir.path().join("out.cosi.partial").exists());
+    let human = summary.render_human();
+    assert!(human.contains(&summary.metadata_sha384), "{human}");
+    assert!(
+        human.contains("ext4 at /var") && human.contains("primary GPT"),
+        "{human}"
+    );
 
     // Member order and format, as GNU tar sees it.
     let listing = run(Command::new("tar").arg("-tvf").arg(&cosi));

@@ -15,6 +15,7 @@
 //! The archive is written to `OUTPUT.partial` next to the output and renamed into
 //! place only when complete.
 
+pub mod args;
 pub mod esp;
 pub mod fstab;
 pub mod gpt;
