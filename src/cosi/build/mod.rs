@@ -597,20 +597,40 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
         .collect();
     order.sort_by_key(|&i| !ROOT_TYPES.contains(&parts[i].gpt.type_guid.as_str()));
     let mut root = None;
+    let mut skipped = Vec::new();
     for i in order {
-        let r = reader_for(image, lba, &parts[i])?;
-        let has_os_release = r.read_file("/etc/os-release")?.is_some()
-            || r.read_file("/usr/lib/os-release")?.is_some();
-        if has_os_release {
-            root = Some((i, r.read_file("/etc/fstab")?));
-            break;
+        // A candidate that cannot be read (an XFS data partition without root, say) is
+        // skipped: the root may be the next one.
+        let probe = |r: &dyn FsReader| -> Result<Option<Option<Vec<u8>>>> {
+            let has_os_release = r.read_file("/etc/os-release")?.is_some()
+                || r.read_file("/usr/lib/os-release")?.is_some();
+            Ok(if has_os_release {
+                Some(r.read_file("/etc/fstab")?)
+            } else {
+                None
+            })
+        };
+        match reader_for(image, lba, &parts[i]).and_then(|r| probe(r.as_ref())) {
+            Ok(Some(fstab)) => {
+                root = Some((i, fstab));
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(
+                    partition = parts[i].gpt.number,
+                    "skipping root candidate: {e:#}"
+                );
+                skipped.push(format!("partition {}: {e:#}", parts[i].gpt.number));
+            }
         }
     }
     let Some((root_idx, fstab_text)) = root else {
-        return Err(invalid(
-            "cosi-build-no-root-mount",
-            "no --mount given and no partition holds /etc/os-release; pass --mount PARTNUM_OR_LABEL=/".into(),
-        ));
+        let mut msg = "no --mount given and no partition holds /etc/os-release; pass --mount PARTNUM_OR_LABEL=/".to_string();
+        if !skipped.is_empty() {
+            msg.push_str(&format!(" (could not read: {})", skipped.join("; ")));
+        }
+        return Err(invalid("cosi-build-no-root-mount", msg));
     };
     parts[root_idx].mount = Some("/".into());
     let Some(text) = fstab_text else {
