@@ -187,6 +187,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
             ),
         ));
     }
+    let forced_arch = opts.os_arch.as_deref().map(check_arch).transpose()?;
     let image = File::open(img_path)
         .with_context(|| format!("opening disk image {}", img_path.display()))?;
     let disk_size = image
@@ -222,6 +223,13 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         ));
     }
     let lba = disk.lba_size;
+    if disk.primary_region_len() > disk.partitions[0].offset(lba) {
+        bail!(
+            "partition {} starts inside the primary GPT (which ends at byte {})",
+            disk.partitions[0].number,
+            disk.primary_region_len()
+        );
+    }
     let mut parts: Vec<Part> = Vec::new();
     for p in &disk.partitions {
         let size = p.size(lba);
@@ -298,10 +306,9 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         .unwrap_or_else(|| DEFAULT_ESP_MOUNT.into());
     let found = esp::inspect(&image, esp.gpt.offset(lba), esp.gpt.size(lba), &esp_mount)
         .with_context(|| format!("detecting the bootloader on partition {}", esp.gpt.number))?;
-    let os_arch = match &opts.os_arch {
-        Some(a) => check_arch(a)?,
-        None => found.arch.clone().unwrap_or_else(|| "x86_64".into()),
-    };
+    let os_arch = forced_arch
+        .or_else(|| found.arch.clone())
+        .unwrap_or_else(|| "x86_64".into());
 
     // --- the archive ----------------------------------------------------------------
     name_images(&mut parts);
