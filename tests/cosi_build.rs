@@ -751,3 +751,55 @@ fn bench_build_against_zstd_cli() {
         mib / ours
     );
 }
+
+#[test]
+fn four_k_sector_disk() {
+    if tools_missing() {
+        return;
+    }
+    let dir = sparse_tempdir();
+    let (img, layout) = make_image(
+        dir.path(),
+        "k",
+        &[
+            ("SECTOR_SIZE", "4096"),
+            ("ROOT_MB", "48"),
+            ("ESP_MB", "40"),
+            ("VAR_MB", "16"),
+        ],
+    );
+    let cosi = dir.path().join("k.cosi");
+    build::build(&BuildOptions::new(&img, &cosi), &|_, _| {}).unwrap();
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    run(Command::new("tar").arg("-xf").arg(&cosi).arg("-C").arg(&x));
+    validate_schema(&x.join("metadata.json"));
+    let md: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(x.join("metadata.json")).unwrap()).unwrap();
+    assert_eq!(md["disk"]["lbaSize"], 4096);
+    let regions = md["disk"]["gptRegions"].as_array().unwrap();
+    // Protective MBR + header + 16 KiB of entries = 6 blocks of 4 KiB.
+    assert_eq!(regions[0]["image"]["uncompressedSize"], 6 * 4096);
+    let wlog = md["compression"]["maxWindowLog"].as_u64().unwrap();
+    assert_member_matches_region(
+        &x.join("images/primary-gpt.rawzst"),
+        wlog,
+        &img,
+        0,
+        6 * 4096,
+    );
+    for (i, key) in ["ESP", "ROOT", "VAR"].iter().enumerate() {
+        let r = &regions[i + 1];
+        assert_eq!(r["number"], i as u64 + 1);
+        let start: u64 = layout[&format!("PART_{key}_START")].parse().unwrap();
+        let size: u64 = layout[&format!("PART_{key}_SIZE")].parse().unwrap();
+        assert_member_matches_region(
+            &x.join(r["image"]["path"].as_str().unwrap()),
+            wlog,
+            &img,
+            start,
+            size,
+        );
+    }
+    assert_eq!(md["images"].as_array().unwrap().len(), 3);
+}
