@@ -3,9 +3,11 @@
 //!
 //! The test binary re-executes itself as the writer (`child_writer`, active only when
 //! `TRIDENT_CRASH_CHILD` names a datastore). The writer prints `committed <id>` after
-//! every `record` returned (and checkpoints the WAL every fourth commit); the parent kills it at a random instant, then checks that
-//! the datastore opens, passes `integrity_check`, holds every acknowledged row, and
-//! that the current Host Status is the one of the newest history row.
+//! every `record` returned, and checkpoints the WAL every fourth commit. The parent
+//! lets a random number of commits through, kills it with SIGKILL at a random instant
+//! (every tenth round: during creation of a fresh datastore), then checks that the
+//! datastore opens, passes `integrity_check`, holds every acknowledged row, and that
+//! the current Host Status is the one of the newest history row.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
