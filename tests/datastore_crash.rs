@@ -3,9 +3,11 @@
 //!
 //! The test binary re-executes itself as the writer (`child_writer`, active only when
 //! `TRIDENT_CRASH_CHILD` names a datastore). The writer prints `committed <id>` after
-//! every `record` returned; the parent kills it at a random instant, then checks that
-//! the datastore opens, passes `integrity_check`, holds every acknowledged row, and
-//! that the current Host Status is the one of the newest history row.
+//! every `record` returned, and checkpoints the WAL every fourth commit. The parent
+//! lets a random number of commits through, kills it with SIGKILL at a random instant
+//! (every tenth round: during creation of a fresh datastore), then checks that the
+//! datastore opens, passes `integrity_check`, holds every acknowledged row, and that
+//! the current Host Status is the one of the newest history row.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -26,12 +28,13 @@ fn child_writer() {
     };
     let mut ds = Datastore::open(Path::new(&path)).expect("child opens the datastore");
     let mut out = std::io::stdout().lock();
-    writeln!(out, "opened").unwrap();
+    // libtest has already printed `test child_writer ... ` without a newline.
+    writeln!(out, "\nopened").unwrap();
     out.flush().unwrap();
     for i in 0u64.. {
         let mut hs = HostStatus::default();
         // Vary the size of the rows so that page splits and overflow pages happen.
-        let blob = "x".repeat((i as usize * 37) % 3000);
+        let blob = "x".repeat((i as usize * 997) % 12_000);
         hs.block_devices = BTreeMap::from([
             ("counter".to_string(), PathBuf::from(format!("/dev/n{i}"))),
             ("padding".to_string(), PathBuf::from(blob)),
@@ -39,6 +42,10 @@ fn child_writer() {
         let entry = ds.record("crash-test", &hs).expect("child records");
         writeln!(out, "committed {}", entry.id).unwrap();
         out.flush().unwrap();
+        // Checkpoint now and then, so that kills also land inside checkpoints.
+        if i % 4 == 3 {
+            ds.checkpoint().expect("child checkpoints");
+        }
     }
 }
 
@@ -83,12 +90,7 @@ fn sigkill_never_loses_an_acknowledged_commit() {
         if fresh {
             path = dir.path().join(format!("ds-{round}/datastore.sqlite"));
         }
-        let delay = if fresh {
-            Duration::from_micros(rng.below(15_000))
-        } else {
-            Duration::from_micros(5_000 + rng.below(60_000))
-        };
-
+        let (events_tx, events) = std::sync::mpsc::channel::<Option<i64>>();
         let mut child = Command::new(&exe)
             .args(["--exact", "child_writer", "--nocapture", "--test-threads=1"])
             .env(CHILD_ENV, &path)
@@ -98,18 +100,43 @@ fn sigkill_never_loses_an_acknowledged_commit() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        // Forwards `None` for "opened" and `Some(id)` for each acknowledged commit.
         let reader = std::thread::spawn(move || {
-            let mut acked = Vec::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
-                if let Some(id) = line.strip_prefix("committed ") {
-                    acked.push(id.trim().parse::<i64>().unwrap());
+                let event = if line.trim() == "opened" {
+                    None
+                } else if let Some(id) = line.strip_prefix("committed ") {
+                    Some(id.trim().parse::<i64>().unwrap())
+                } else {
+                    continue;
+                };
+                if events_tx.send(event).is_err() {
+                    break;
                 }
             }
-            acked
         });
         let start = Instant::now();
-        std::thread::sleep(delay);
+        let mut acked = Vec::new();
+        if fresh {
+            // Kill somewhere in start-up, creation or schema initialisation.
+            std::thread::sleep(Duration::from_micros(rng.below(15_000)));
+        } else {
+            // Aim into the commit loop whatever the machine's speed: let a random number
+            // of commits through, then kill at a random instant within the next ones.
+            let wanted = rng.below(25) as usize;
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut opened = false;
+            while !opened || acked.len() < wanted {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match events.recv_timeout(left) {
+                    Ok(None) => opened = true,
+                    Ok(Some(id)) => acked.push(id),
+                    Err(e) => panic!("round {round}: writer stalled ({e}) after {acked:?}"),
+                }
+            }
+            std::thread::sleep(Duration::from_micros(rng.below(8_000)));
+        }
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         assert!(
@@ -117,7 +144,8 @@ fn sigkill_never_loses_an_acknowledged_commit() {
             "round {round}: the writer exited by itself ({status}) after {:?}",
             start.elapsed()
         );
-        let acked = reader.join().unwrap();
+        reader.join().unwrap();
+        acked.extend(events.try_iter().flatten());
 
         if !path.exists() {
             assert!(

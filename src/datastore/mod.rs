@@ -189,6 +189,23 @@ impl Datastore {
         Ok(())
     }
 
+    /// Copy the WAL into the main file and truncate it (`wal_checkpoint(TRUNCATE)`),
+    /// e.g. before the volume holding the datastore is unmounted or snapshotted.
+    /// SQLite also checkpoints by itself every ~1000 pages and on the last close.
+    pub fn checkpoint(&self) -> Result<()> {
+        let (busy, _, _): (i64, i64, i64) = self
+            .conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .context("checkpointing the datastore")?;
+        anyhow::ensure!(
+            busy == 0,
+            "checkpointing the datastore: a reader kept it busy"
+        );
+        Ok(())
+    }
+
     /// The current Host Status (`not-provisioned` defaults when nothing was recorded).
     pub fn host_status(&self) -> Result<HostStatus> {
         let json: Option<String> = self

@@ -185,6 +185,12 @@ fn sqlite_refusal(path: &Path, e: rusqlite::Error) -> anyhow::Error {
 
 /// Bring an open read-write connection to [`LATEST_VERSION`], in one transaction.
 pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    migrate_with(conn, path, MIGRATIONS)
+}
+
+/// [`migrate`] over an explicit list (tests rehearse the next version with it).
+pub fn migrate_with(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {
+    let latest = migrations.len() as i32;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .context("starting the migration transaction")?;
@@ -201,20 +207,20 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             ),
         ));
     }
-    if version > LATEST_VERSION {
+    if version > latest {
         return Err(refuse(
             "datastore-too-new",
             path,
             format!(
-                "datastore {} has schema version {version}, newer than {LATEST_VERSION}",
+                "datastore {} has schema version {version}, newer than {latest}",
                 path.display()
             ),
         ));
     }
-    if version == LATEST_VERSION && app == APPLICATION_ID {
+    if version == latest && app == APPLICATION_ID {
         return Ok(());
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    for (i, sql) in migrations.iter().enumerate().skip(version as usize) {
         let to = i as i32 + 1;
         tx.execute_batch(sql)
             .with_context(|| format!("migrating datastore schema from version {i} to {to}"))?;
@@ -261,6 +267,71 @@ fn uri_escape(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_v1_datastore_migrates_to_a_rehearsed_v2_keeping_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds.sqlite");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        conn.execute(
+            "INSERT INTO history (timestamp, operation, state_before, state_after, host_status) \
+             VALUES ('t', 'op', 'not-provisioned', 'provisioned', '{}')",
+            [],
+        )
+        .unwrap();
+        let v2: Vec<&str> = MIGRATIONS
+            .iter()
+            .copied()
+            .chain(["ALTER TABLE history ADD COLUMN note TEXT NOT NULL DEFAULT ''"])
+            .collect();
+        migrate_with(&mut conn, &path, &v2).unwrap();
+        let version: i32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, LATEST_VERSION + 1);
+        let (op, note): (String, String) = conn
+            .query_row("SELECT operation, note FROM history", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((op.as_str(), note.as_str()), ("op", ""));
+        // Idempotent, and the older list now refuses the newer file.
+        migrate_with(&mut conn, &path, &v2).unwrap();
+        let err = migrate(&mut conn, &path).unwrap_err();
+        assert_eq!(
+            crate::error::find_trident_error(&err).unwrap().code,
+            "datastore-too-new"
+        );
+        // The append-only triggers survive the migration.
+        assert!(conn.execute("DELETE FROM history", []).is_err());
+    }
+
+    #[test]
+    fn a_failed_migration_leaves_the_old_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ds.sqlite");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let broken: Vec<&str> = MIGRATIONS
+            .iter()
+            .copied()
+            .chain(["CREATE TABLE extra (x); ALTER TABLE nowhere ADD COLUMN y"])
+            .collect();
+        assert!(migrate_with(&mut conn, &path, &broken).is_err());
+        let version: i32 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, LATEST_VERSION);
+        let extra: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'extra'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(extra, 0, "the half-applied migration was rolled back");
+    }
 
     #[test]
     fn uri_escape_keeps_paths_unambiguous() {

@@ -335,3 +335,40 @@ fn two_handles_see_each_others_commits() {
         .collect();
     assert_eq!(ops, ["two", "one"]);
 }
+
+#[test]
+fn racing_transitions_move_the_state_once() {
+    let (dir, mut ds) = fresh();
+    provisioned(&mut ds, &[]);
+    ds.transition(Transition::StageAbUpdate {
+        spec: spec(2),
+        image: image(2),
+    })
+    .unwrap();
+    let path = dir.path().join("var/lib/trident/datastore.sqlite");
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut ds = Datastore::open_existing(&path).unwrap();
+                barrier.wait();
+                ds.transition(Transition::FinalizeAbUpdate)
+            })
+        })
+        .collect();
+    let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "exactly one finalize wins");
+    for r in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(find_trident_error(r).unwrap().code, ILLEGAL_TRANSITION);
+    }
+    let finalizes = ds
+        .history(None)
+        .unwrap()
+        .iter()
+        .filter(|e| e.operation == "finalize-ab-update")
+        .count();
+    assert_eq!(finalizes, 1);
+}

@@ -2,7 +2,7 @@
 //!
 //! A [`Transition`] is an enum with the data each step needs; [`HostStatus::apply`]
 //! checks the source state against the one table of legal sources
-//! ([`Transition::legal_sources`]) and the transition's own preconditions (which volume
+//! ([`TransitionKind::legal_sources`]) and the transition's own preconditions (which volume
 //! booted, whether there is a spec to go back to) *before* touching anything, so a
 //! refused transition leaves the Host Status exactly as it was. Each transition also
 //! has its own method on [`HostStatus`] (`stage_ab_update`, `commit_ab_update`, ...).

@@ -7,7 +7,7 @@
 //!
 //! The state only changes through the transition methods in [`machine`] (one method per
 //! transition, each refusing an illegal source state); the legal graph is documented in
-//! `docs/states.md` and encoded once in [`Transition::legal_sources`].
+//! `docs/states.md` and encoded once in [`TransitionKind::legal_sources`].
 
 // `TridentError` is returned by value on purpose (it is what callers record and
 // report); its size is irrelevant next to the I/O around every call.
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 
 pub mod machine;
 
-pub use machine::Transition;
+pub use machine::{Transition, TransitionKind};
 
 /// The servicing state of a host. Stable kebab-case strings (CLI, D-Bus, datastore).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
