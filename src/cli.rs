@@ -69,6 +69,14 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum CosiCommand {
+    /// Build a COSI 1.2 file from a raw GPT disk image.
+    Build {
+        #[command(flatten)]
+        args: crate::cosi::build::args::BuildArgs,
+        /// Output format of the summary.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Show a COSI file's metadata and sizes.
     Inspect {
         /// Path or URL (file://, http(s)://, oci://).
@@ -142,6 +150,7 @@ fn run(cli: Cli) -> Result<()> {
         } => get(kind, format, datastore.as_deref(), limit),
         Command::Cosi { command } => match command {
             CosiCommand::Inspect { image, format } => cosi_inspect(&image, format),
+            CosiCommand::Build { args, format } => cosi_build(&args, format),
         },
     }
 }
@@ -220,9 +229,29 @@ fn cosi_inspect(image: &str, format: Format) -> Result<()> {
         .with_context(|| format!("reading COSI image {image}"))?;
     let summary = cosi.summary();
     match format {
-        Format::Human => print!("{}", summary.render_human()),
+        Format::Human => print_text(&summary.render_human()),
         Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
         Format::Yaml => print!("{}", serde_yaml::to_string(&summary)?),
     }
     Ok(())
+}
+
+fn cosi_build(args: &crate::cosi::build::args::BuildArgs, format: Format) -> Result<()> {
+    let progress = crate::progress::Reporter::new("building COSI");
+    let summary = crate::cosi::build::build(&args.to_options(), &|done, total| {
+        progress.update(done, total)
+    });
+    progress.finish();
+    let summary = summary?;
+    match format {
+        Format::Human => print_text(&summary.render_human()),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&summary)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(&summary)?),
+    }
+    Ok(())
+}
+
+/// Print text, ending with exactly one newline.
+fn print_text(s: &str) {
+    println!("{}", s.trim_end_matches('\n'));
 }

@@ -13,6 +13,7 @@
 //!   the ESP (FAT in user space).
 //! - [`cmd`]       — the one wrapper for running external tools.
 //! - [`logging`]   — tracing setup (journald under systemd, stderr otherwise).
+//! - [`progress`]  — progress bars on a terminal, periodic log lines otherwise.
 //! - [`cli`]       — the `trident` command line; binaries in `src/bin/` are thin.
 
 // `TridentError` is a rich value (path, location, device); returning it by value is
@@ -27,6 +28,7 @@ pub mod cosi;
 pub mod datastore;
 pub mod error;
 pub mod logging;
+pub mod progress;
 pub mod status;
 pub mod storage;
 
