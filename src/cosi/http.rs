@@ -45,7 +45,7 @@ pub fn redact(url: &str) -> String {
             let _ = u.set_password(None);
             let _ = u.set_username("");
             if u.query().is_some() {
-                u.set_query(Some("…"));
+                u.set_query(Some("redacted"));
             }
             u.to_string()
         }
@@ -375,7 +375,7 @@ mod tests {
     fn redacts_query_and_password() {
         assert_eq!(
             redact("https://u:p@h.example/a/b.cosi?sig=secret"),
-            "https://h.example/a/b.cosi?…"
+            "https://h.example/a/b.cosi?redacted"
         );
     }
 
