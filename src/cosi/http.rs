@@ -126,12 +126,12 @@ impl HttpSource {
                 "the 206 response has no usable Content-Range".into(),
             )
         })?;
-        Ok(cr.2.ok_or_else(|| {
+        cr.2.ok_or_else(|| {
             range_error(
                 &self.name,
                 "the server does not tell the total length".into(),
             )
-        })?)
+        })
     }
 
     /// One range request for `[start, end)`; checks 206 and `Content-Range`.

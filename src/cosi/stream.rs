@@ -217,7 +217,7 @@ pub fn stream_image(
         ));
     }
 
-    let target = open_target(&job.target, job.uncompressed_size).map_err(|f| error(f))?;
+    let target = open_target(&job.target, job.uncompressed_size).map_err(&error)?;
     tracing::info!(
         image = %job.name,
         source = %job.source.describe(),

@@ -218,15 +218,19 @@ pub fn start_registry(dir: &Path) -> Option<Server> {
     Some(Server { child, port })
 }
 
-/// A TCP proxy to `upstream` that cuts the first `cuts` connections after relaying
-/// `cut_after` response bytes. Runs until the process ends (threads are detached;
+/// A TCP proxy to `upstream` that cuts connection number `n` (0-based) after relaying
+/// `limit(n)` response bytes. Runs until the process ends (threads are detached;
 /// the listener only accepts on loopback).
 pub struct CuttingProxy {
     pub port: u16,
     pub connections: Arc<AtomicUsize>,
 }
 
-pub fn cutting_proxy(upstream: u16, cut_after: usize, cuts: usize) -> CuttingProxy {
+pub fn cutting_proxy(
+    upstream: u16,
+    limit: impl Fn(usize) -> usize + Send + Sync + 'static,
+) -> CuttingProxy {
+    let limit = Arc::new(limit);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -235,6 +239,7 @@ pub fn cutting_proxy(upstream: u16, cut_after: usize, cuts: usize) -> CuttingPro
         for client in listener.incoming() {
             let Ok(client) = client else { return };
             let n = count.fetch_add(1, Ordering::SeqCst);
+            let limit = limit(n);
             std::thread::spawn(move || {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
                     return;
@@ -245,11 +250,9 @@ pub fn cutting_proxy(upstream: u16, cut_after: usize, cuts: usize) -> CuttingPro
                 });
                 let mut server = server;
                 let mut client = client;
-                let limit = if n < cuts { cut_after } else { usize::MAX };
                 let mut sent = 0usize;
                 let mut buf = vec![0u8; 16 << 10];
-                loop {
-                    let Ok(k) = server.read(&mut buf) else { break };
+                while let Ok(k) = server.read(&mut buf) {
                     if k == 0 {
                         break;
                     }
