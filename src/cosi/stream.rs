@@ -47,6 +47,8 @@ pub const WRITE_CHUNK: usize = 4 << 20;
 pub const QUEUE_DEPTH: usize = 4;
 /// Granularity of zero-block skipping.
 pub const ZERO_BLOCK: usize = 64 << 10;
+/// Alignment of decompressed buffers, offsets and lengths for `O_DIRECT` writes.
+pub const DIRECT_ALIGN: usize = 4096;
 /// Minimum time between two progress callbacks (the final one is always sent).
 pub const PROGRESS_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -234,8 +236,8 @@ pub fn stream_image(
     };
     let (to_hash, hash_rx) = bounded::<Arc<Vec<u8>>>(QUEUE_DEPTH * 4);
     let (to_decode, decode_rx) = bounded::<Arc<Vec<u8>>>(QUEUE_DEPTH * 4);
-    let (to_write, write_rx) = bounded::<Vec<u8>>(QUEUE_DEPTH);
-    let (recycle_tx, recycle_rx) = bounded::<Vec<u8>>(QUEUE_DEPTH + 2);
+    let (to_write, write_rx) = bounded::<Block>(QUEUE_DEPTH);
+    let (recycle_tx, recycle_rx) = bounded::<Block>(QUEUE_DEPTH + 2);
 
     let (read_res, hash_res, decode_res, write_res) = std::thread::scope(|s| {
         let stop = &stop;
@@ -243,7 +245,7 @@ pub fn stream_image(
         let hasher = s.spawn(move || hash_stage(hash_rx));
         let decoder = s.spawn(move || decode_stage(job, stop, decode_rx, to_write, recycle_rx));
         let writer =
-            s.spawn(move || write_stage(job, &target, stop, write_rx, recycle_tx, progress));
+            s.spawn(move || write_stage(job, target, stop, write_rx, recycle_tx, progress));
         (reader.join(), hasher.join(), decoder.join(), writer.join())
     });
     let panicked = |what: &str| {
@@ -298,8 +300,15 @@ pub fn stream_image(
     Ok(stats)
 }
 
+/// The target, opened twice for a block device: buffered, and with `O_DIRECT` so that
+/// large aligned writes bypass the page cache (one copy less, no page-cache churn).
+struct Target {
+    buffered: File,
+    direct: Option<File>,
+}
+
 /// Open the target for writing and check that it can hold the image.
-fn open_target(path: &Path, size: u64) -> std::result::Result<File, Failure> {
+fn open_target(path: &Path, size: u64) -> std::result::Result<Target, Failure> {
     let io = |what: String, e: std::io::Error| {
         Failure::new("image-write-failed", what).because(anyhow::Error::new(e))
     };
@@ -321,8 +330,45 @@ fn open_target(path: &Path, size: u64) -> std::result::Result<File, Failure> {
                 format!("the device holds {dev_size} bytes but the image needs {size} bytes"),
             ));
         }
+        use std::os::unix::fs::OpenOptionsExt;
+        // Not every block device accepts O_DIRECT; buffered writes are the fallback.
+        let direct = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)
+            .map_err(|e| tracing::debug!(target = %path.display(), "no O_DIRECT: {e}"))
+            .ok();
+        return Ok(Target {
+            buffered: file,
+            direct,
+        });
     }
-    Ok(file)
+    Ok(Target {
+        buffered: file,
+        direct: None,
+    })
+}
+
+/// A decompressed chunk inside a buffer whose data starts at a [`DIRECT_ALIGN`]ed
+/// address.
+struct Block {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Block {
+    fn new() -> Self {
+        let buf = vec![0u8; WRITE_CHUNK + DIRECT_ALIGN];
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        Self { buf, start, len: 0 }
+    }
+    fn space(&mut self, cap: usize) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + cap]
+    }
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
 }
 
 fn block_device_size(file: &File) -> std::io::Result<u64> {
@@ -454,8 +500,8 @@ fn decode_stage(
     job: &StreamJob,
     stop: &Stop,
     rx: Receiver<Arc<Vec<u8>>>,
-    to_write: Sender<Vec<u8>>,
-    recycle: Receiver<Vec<u8>>,
+    to_write: Sender<Block>,
+    recycle: Receiver<Block>,
 ) -> Option<u64> {
     let input = ChunkReader {
         rx,
@@ -488,15 +534,13 @@ fn decode_stage(
     let limit = job.uncompressed_size;
     let mut total = 0u64;
     loop {
-        let mut buf = recycle
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(WRITE_CHUNK));
+        let mut block = recycle.try_recv().unwrap_or_else(|_| Block::new());
         // Never ask for more than one byte past the declared size: a stream that
         // expands beyond it is stopped there.
         let cap = (limit - total.min(limit))
             .saturating_add(1)
             .min(WRITE_CHUNK as u64) as usize;
-        buf.resize(cap, 0);
+        let buf = block.space(cap);
         let mut filled = 0;
         while filled < cap {
             match decoder.read(&mut buf[filled..]) {
@@ -536,8 +580,8 @@ fn decode_stage(
         if filled == 0 {
             break;
         }
-        buf.truncate(filled);
-        if to_write.send(buf).is_err() {
+        block.len = filled;
+        if to_write.send(block).is_err() {
             return None;
         }
     }
@@ -569,13 +613,46 @@ fn is_zero(b: &[u8]) -> bool {
     acc == 0 && rest.iter().all(|&x| x == 0)
 }
 
+impl Target {
+    /// Write `data` at `offset`: through `O_DIRECT` when address, length and offset
+    /// are aligned, buffered otherwise (the unaligned tail of an image). A device that
+    /// refuses a direct write (`EINVAL`) is written buffered from then on.
+    fn write_at(&mut self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        let aligned = data.as_ptr() as usize % DIRECT_ALIGN == 0
+            && data.len() % DIRECT_ALIGN == 0
+            && offset % DIRECT_ALIGN as u64 == 0;
+        if let (true, Some(direct)) = (aligned, &self.direct) {
+            match direct.write_all_at(data, offset) {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::debug!("O_DIRECT write refused ({e}); writing buffered");
+                    self.direct = None;
+                }
+                other => return other,
+            }
+        }
+        self.buffered.write_all_at(data, offset)
+    }
+
+    /// Give a regular file its full length and flush everything to stable storage.
+    fn finish(&self, len: u64) -> std::io::Result<()> {
+        let meta = self.buffered.metadata()?;
+        if meta.file_type().is_file() && meta.len() < len {
+            self.buffered.set_len(len)?;
+        }
+        if let Some(d) = &self.direct {
+            d.sync_all()?;
+        }
+        self.buffered.sync_all()
+    }
+}
+
 /// Write decompressed chunks in order; returns `(written, skipped)` bytes.
 fn write_stage(
     job: &StreamJob,
-    target: &File,
+    mut target: Target,
     stop: &Stop,
-    rx: Receiver<Vec<u8>>,
-    recycle: Sender<Vec<u8>>,
+    rx: Receiver<Block>,
+    recycle: Sender<Block>,
     progress: &(dyn Fn(&Progress) + Sync),
 ) -> (u64, u64) {
     let mut offset = 0u64;
@@ -590,46 +667,38 @@ fn write_stage(
         })
     };
     report(0);
-    let write_err = |at: u64, e: std::io::Error| {
-        Failure::new("image-write-failed", format!("writing at offset {at}"))
-            .because(anyhow::Error::new(e))
-    };
-    for buf in rx {
+    for block in rx {
         if stop.stopped() {
             return (written, skipped);
         }
+        let data = block.data();
         let res = if job.skip_zero_blocks {
-            write_skipping_zeros(target, &buf, offset, &mut written, &mut skipped)
+            write_skipping_zeros(&mut target, data, offset, &mut written, &mut skipped)
         } else {
             target
-                .write_all_at(&buf, offset)
-                .map(|()| written += buf.len() as u64)
+                .write_at(data, offset)
+                .map(|()| written += data.len() as u64)
         };
         if let Err(e) = res {
-            stop.fail(write_err(offset, e));
+            stop.fail(
+                Failure::new("image-write-failed", format!("writing at offset {offset}"))
+                    .because(anyhow::Error::new(e)),
+            );
             return (written, skipped);
         }
-        offset += buf.len() as u64;
+        offset += data.len() as u64;
         if last_report.elapsed() >= PROGRESS_INTERVAL {
             report(offset);
             last_report = Instant::now();
         }
         // Hand the buffer back to the decoder; dropping it is fine when the queue is full.
-        let _ = recycle.try_send(buf);
+        let _ = recycle.try_send(block);
     }
     if stop.stopped() || offset != job.uncompressed_size {
         // The decoder reports why it stopped short.
         return (written, skipped);
     }
-    // A regular file whose tail was skipped must still have its full length.
-    let finish = (|| -> std::io::Result<()> {
-        let meta = target.metadata()?;
-        if meta.file_type().is_file() && meta.len() < offset {
-            target.set_len(offset)?;
-        }
-        target.sync_all()
-    })();
-    if let Err(e) = finish {
+    if let Err(e) = target.finish(offset) {
         stop.fail(
             Failure::new("image-write-failed", "flushing (fsync) the target")
                 .because(anyhow::Error::new(e)),
@@ -641,7 +710,7 @@ fn write_stage(
 }
 
 fn write_skipping_zeros(
-    target: &File,
+    target: &mut Target,
     buf: &[u8],
     base: u64,
     written: &mut u64,
@@ -654,7 +723,7 @@ fn write_skipping_zeros(
         let end = (pos + ZERO_BLOCK).min(buf.len());
         if is_zero(&buf[pos..end]) {
             if let Some(s) = run_start.take() {
-                target.write_all_at(&buf[s..pos], base + s as u64)?;
+                target.write_at(&buf[s..pos], base + s as u64)?;
                 *written += (pos - s) as u64;
             }
             *skipped += (end - pos) as u64;
@@ -664,7 +733,7 @@ fn write_skipping_zeros(
         pos = end;
     }
     if let Some(s) = run_start {
-        target.write_all_at(&buf[s..], base + s as u64)?;
+        target.write_at(&buf[s..], base + s as u64)?;
         *written += (buf.len() - s) as u64;
     }
     Ok(())
