@@ -67,10 +67,15 @@ now() { date +%s.%N; }
 rate() { awk -v b="$RAW_SIZE" -v t0="$1" -v t1="$2" 'BEGIN { printf "%.1f", b / (t1 - t0) / 1e6 }'; }
 best() { printf '%s\n' "$@" | sort -g | tail -1; }
 
-A=(); B=(); C=(); RSS=()
+cpu() { awk '/User time/ { u = $NF } /System time/ { s = $NF } END { printf "%.2f", u + s }' "$1"; }
+
+A=(); B=(); C=(); RSS=(); ACPU=(); CCPU=()
 for i in $(seq "$REPEAT"); do
-    t0=$(now); zstd -q -dc "$WORK/image.zst" > /dev/null; t1=$(now)
+    t0=$(now)
+    /usr/bin/time -v -o "$WORK/time-a.txt" zstd -q -dc "$WORK/image.zst" > /dev/null
+    t1=$(now)
     A+=("$(rate "$t0" "$t1")")
+    ACPU+=("$(cpu "$WORK/time-a.txt")")
 
     t0=$(now)
     zstd -q -dc "$WORK/image.zst" | dd of="$LOOP" bs=4M iflag=fullblock conv=fsync status=none
@@ -81,7 +86,9 @@ for i in $(seq "$REPEAT"); do
         "$RAW_SIZE" "$LOOP" > "$WORK/bench.txt"
     C+=("$(sed -n 's/.*mb_per_s=\([0-9.]*\).*/\1/p' "$WORK/bench.txt")")
     RSS+=("$(awk -F: '/Maximum resident set size/ { gsub(/ /, "", $2); print $2 }' "$WORK/time.txt")")
-    echo "run $i: (a) ${A[-1]} MB/s  (b) ${B[-1]} MB/s  (c) ${C[-1]} MB/s, peak RSS ${RSS[-1]} KiB"
+    CCPU+=("$(cpu "$WORK/time.txt")")
+    echo "run $i: (a) ${A[-1]} MB/s (${ACPU[-1]} CPU-s)  (b) ${B[-1]} MB/s  (c) ${C[-1]} MB/s" \
+        "(${CCPU[-1]} CPU-s), peak RSS ${RSS[-1]} KiB"
 done
 
 # Check the last pipeline run wrote the right bytes.
@@ -94,7 +101,7 @@ echo
 echo "date:    $(date -u '+%Y-%m-%d %H:%M UTC')"
 echo "machine: $(nproc) cores, $(awk '/model name/ { sub(/.*: /, ""); print; exit }' /proc/cpuinfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "image:   ${RAW_SIZE} bytes raw, ${COMP_SIZE} bytes zstd -3"
-echo "(a) zstd -dc > /dev/null:          ${A_BEST} MB/s"
+echo "(a) zstd -dc > /dev/null:          ${A_BEST} MB/s ($(printf '%s\n' "${ACPU[@]}" | sort -g | head -1) CPU-s)"
 echo "(b) zstd -dc | dd of=LOOP bs=4M:   ${B_BEST} MB/s"
-echo "(c) stream_image (hash+write):     ${C_BEST} MB/s, peak RSS $((RSS_MAX / 1024)) MiB"
+echo "(c) stream_image (hash+write):     ${C_BEST} MB/s ($(printf '%s\n' "${CCPU[@]}" | sort -g | head -1) CPU-s), peak RSS $((RSS_MAX / 1024)) MiB"
 echo "(c)/(a) = ${RATIO} (goal >= 0.90); peak RSS goal <= 256 MiB"
