@@ -8,6 +8,48 @@ use anyhow::{Context, Result};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How remote sources (HTTP(S), OCI) connect, retry and trust servers.
+///
+/// Proxies come from the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY`), which
+/// reqwest honours by default.
+#[derive(Debug, Clone)]
+pub struct SourceOptions {
+    /// Extra PEM CA certificate(s) to trust (private registries, test servers), in
+    /// addition to the built-in web roots.
+    pub ca_file: Option<PathBuf>,
+    /// How many times one range read is resumed after a dropped connection or a
+    /// transient server error (5xx) before giving up.
+    pub retries: u32,
+    /// First backoff delay between retries; doubled after each attempt, capped at
+    /// [`SourceOptions::max_backoff`].
+    pub initial_backoff: Duration,
+    /// Upper bound of the backoff delay.
+    pub max_backoff: Duration,
+    /// Time allowed to establish a TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for any single read or write on a connection (not the whole
+    /// transfer).
+    pub read_timeout: Duration,
+    /// Allow plain `http://` for OCI registries on loopback (`localhost`, `127.0.0.1`,
+    /// `[::1]`). Registries elsewhere always use HTTPS.
+    pub oci_insecure_loopback: bool,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            retries: 5,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(30),
+            read_timeout: Duration::from_secs(60),
+            oci_insecure_loopback: true,
+        }
+    }
+}
 
 /// Random access to the bytes of one COSI file.
 pub trait Source: Send + Sync {
