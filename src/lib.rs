@@ -11,6 +11,7 @@
 //! - [`storage`]   — block devices: GPT, partition nodes (BLKPG), loop devices, mkfs.
 //! - [`boot`]      — boot control: EFI variables, systemd-boot entries, UEFI load options,
 //!   the ESP (FAT in user space).
+//! - [`generator`] — `trident-generator`: wires trial/rollback/installer units at boot.
 //! - [`cmd`]       — the one wrapper for running external tools.
 //! - [`logging`]   — tracing setup (journald under systemd, stderr otherwise).
 //! - [`progress`]  — progress bars on a terminal, periodic log lines otherwise.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod cosi;
 pub mod datastore;
 pub mod error;
+pub mod generator;
 pub mod logging;
 pub mod progress;
 pub mod status;
