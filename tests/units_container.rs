@@ -7,7 +7,7 @@
 //! standing in for the `trident internal ...` verbs until the engine provides them.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 fn enabled() -> bool {
