@@ -408,6 +408,10 @@ fn read_stage(
         let mut buf = vec![0u8; want];
         let mut filled = 0;
         while filled < want {
+            // Checked per read, not per chunk: a slow source must not delay a stop.
+            if filled > 0 && stop.stopped() {
+                return None;
+            }
             match reader.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
