@@ -336,3 +336,34 @@ fn enospc_on_full_filesystem() {
     assert!(format!("{e:#}").contains("No space left"), "{e:#}");
     assert!(t.elapsed() < Duration::from_secs(20));
 }
+
+#[test]
+fn mounted_device_is_refused() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let f = standard();
+    let src = FileSource::new(&f.cosi).unwrap();
+    let shm = shm_file("fs", 32 << 20);
+    let lo = LoopDev::attach(&shm.path().join("fs"));
+    trident::cmd::Cmd::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&lo.dev)
+        .run()
+        .unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    trident::cmd::Cmd::new("mount")
+        .arg(&lo.dev)
+        .arg(mnt.path())
+        .run()
+        .unwrap();
+    let e = run(&job(&f, &src, &lo.dev)).unwrap_err();
+    trident::cmd::Cmd::new("umount")
+        .arg(mnt.path())
+        .run()
+        .unwrap();
+    assert_eq!(code_of(&e), "image-target-busy", "{e:#}");
+    // Once unmounted, the same device takes the image.
+    run(&job(&f, &src, &lo.dev)).unwrap();
+}
