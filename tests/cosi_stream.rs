@@ -204,29 +204,61 @@ fn window_log_limit_is_enforced() {
     run(&j).unwrap();
 }
 
+/// A source that trickles: 64 KiB per read, 10 ms apart.
+struct Slow(FileSource);
+
+struct SlowReader(Box<dyn std::io::Read + Send>);
+
+impl std::io::Read for SlowReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(10));
+        let n = buf.len().min(64 << 10);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+impl Source for Slow {
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+    fn size(&self) -> anyhow::Result<u64> {
+        self.0.size()
+    }
+    fn read_range(&self, offset: u64, len: u64) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+        Ok(Box::new(SlowReader(self.0.read_range(offset, len)?)))
+    }
+}
+
 #[test]
 fn cancel_stops_promptly() {
     let f = standard();
-    let src = FileSource::new(&f.cosi).unwrap();
     let out = f._dir.path().join("out.img");
-    let cancel = AtomicBool::new(true);
-    let e = stream_image(&job(&f, &src, &out), &|_| {}, &cancel).unwrap_err();
+    // Already cancelled: nothing happens.
+    let src = FileSource::new(&f.cosi).unwrap();
+    let e = stream_image(&job(&f, &src, &out), &|_| {}, &AtomicBool::new(true)).unwrap_err();
     assert_eq!(code_of(&e), "image-stream-cancelled", "{e:#}");
-    // Cancelled from the progress callback mid-stream.
+
+    // Cancelled mid-stream from another thread: returns within a few reads.
+    let slow = Slow(FileSource::new(&f.cosi).unwrap());
+    let full = (f.comp.len() as f64 / (64 << 10) as f64 * 0.010) as u64;
+    assert!(full >= 1, "the slow source needs about {full} s in all");
     let cancel = AtomicBool::new(false);
-    let e = stream_image(
-        &job(&f, &src, &out),
-        &|p| {
-            if p.done > 0 {
-                cancel.store(true, Ordering::SeqCst)
-            }
-        },
-        &cancel,
+    let j = job(&f, &slow, &out);
+    let t = Instant::now();
+    let res = std::thread::scope(|s| {
+        s.spawn(|| {
+            std::thread::sleep(Duration::from_millis(300));
+            cancel.store(true, Ordering::SeqCst);
+        });
+        stream_image(&j, &|_| {}, &cancel)
+    });
+    let e = res.unwrap_err();
+    assert_eq!(code_of(&e), "image-stream-cancelled", "{e:#}");
+    assert!(
+        t.elapsed() < Duration::from_millis(300 + 700),
+        "stopped {:?} after start",
+        t.elapsed()
     );
-    // Small images may finish before the first throttled progress report.
-    if let Err(e) = e {
-        assert_eq!(code_of(&e), "image-stream-cancelled", "{e:#}");
-    }
 }
 
 fn shm_file(name: &str, len: u64) -> tempfile::TempDir {
@@ -303,4 +335,35 @@ fn enospc_on_full_filesystem() {
     assert_eq!(code_of(&e), "image-write-failed", "{e:#}");
     assert!(format!("{e:#}").contains("No space left"), "{e:#}");
     assert!(t.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+fn mounted_device_is_refused() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let f = standard();
+    let src = FileSource::new(&f.cosi).unwrap();
+    let shm = shm_file("fs", 32 << 20);
+    let lo = LoopDev::attach(&shm.path().join("fs"));
+    trident::cmd::Cmd::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&lo.dev)
+        .run()
+        .unwrap();
+    let mnt = tempfile::tempdir().unwrap();
+    trident::cmd::Cmd::new("mount")
+        .arg(&lo.dev)
+        .arg(mnt.path())
+        .run()
+        .unwrap();
+    let e = run(&job(&f, &src, &lo.dev)).unwrap_err();
+    trident::cmd::Cmd::new("umount")
+        .arg(mnt.path())
+        .run()
+        .unwrap();
+    assert_eq!(code_of(&e), "image-target-busy", "{e:#}");
+    // Once unmounted, the same device takes the image.
+    run(&job(&f, &src, &lo.dev)).unwrap();
 }

@@ -24,6 +24,7 @@
 //! `image-size-mismatch` (decompressed length differs from `uncompressedSize`; a stream
 //! that expands further is stopped at `uncompressedSize + 1` bytes and nothing past
 //! `uncompressedSize` is written), `image-target-too-small`, `image-write-failed`,
+//! `image-target-busy` (the device is mounted or claimed: it is opened with `O_EXCL`),
 //! `image-source-failed`, `image-stream-cancelled`.
 
 use crate::cosi::source::Source;
@@ -312,12 +313,35 @@ fn open_target(path: &Path, size: u64) -> std::result::Result<Target, Failure> {
     let io = |what: String, e: std::io::Error| {
         Failure::new("image-write-failed", what).because(anyhow::Error::new(e))
     };
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(path)
-        .map_err(|e| io(format!("opening {}", path.display()), e))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let is_block = std::fs::metadata(path).is_ok_and(|m| m.file_type().is_block_device());
+    let file = if is_block {
+        // O_EXCL on a block device is an exclusive claim: it fails with EBUSY while
+        // the device (or a partition of it) is mounted or claimed by someone else.
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_EXCL)
+            .open(path)
+            .map_err(|e| {
+                if e.raw_os_error() == Some(libc::EBUSY) {
+                    Failure::new(
+                        "image-target-busy",
+                        "the device is in use (mounted, or held by another program); \
+                         refusing to write to it",
+                    )
+                    .because(anyhow::Error::new(e))
+                } else {
+                    io(format!("opening {}", path.display()), e)
+                }
+            })?
+    } else {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|e| io(format!("opening {}", path.display()), e))?
+    };
     let meta = file
         .metadata()
         .map_err(|e| io(format!("inspecting {}", path.display()), e))?;
@@ -330,7 +354,6 @@ fn open_target(path: &Path, size: u64) -> std::result::Result<Target, Failure> {
                 format!("the device holds {dev_size} bytes but the image needs {size} bytes"),
             ));
         }
-        use std::os::unix::fs::OpenOptionsExt;
         // Not every block device accepts O_DIRECT; buffered writes are the fallback.
         let direct = OpenOptions::new()
             .write(true)
@@ -408,6 +431,10 @@ fn read_stage(
         let mut buf = vec![0u8; want];
         let mut filled = 0;
         while filled < want {
+            // Checked per read, not per chunk: a slow source must not delay a stop.
+            if filled > 0 && stop.stopped() {
+                return None;
+            }
             match reader.read(&mut buf[filled..]) {
                 Ok(0) => break,
                 Ok(n) => filled += n,
