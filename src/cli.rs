@@ -81,10 +81,62 @@ pub enum CosiCommand {
     Inspect {
         /// Path or URL (file://, http(s)://, oci://).
         image: String,
+        #[command(flatten)]
+        source: SourceArgs,
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Check every image's hash, zstd stream and size, writing nothing.
+    Verify {
+        /// Path or URL (file://, http(s)://, oci://).
+        image: String,
+        #[command(flatten)]
+        source: SourceArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
+    /// Publish a COSI file to an OCI registry as a one-layer artifact.
+    Push {
+        /// The COSI file.
+        file: PathBuf,
+        /// Destination, `oci://registry/repository:tag`.
+        reference: String,
+        #[command(flatten)]
+        source: SourceArgs,
+    },
+}
+
+/// Where and how images are fetched.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SourceArgs {
+    /// Expected SHA-384 of the image's metadata.json (as in the Host Configuration's
+    /// `image.sha384`); checked before anything else is read.
+    #[arg(long)]
+    pub sha384: Option<String>,
+    /// Extra PEM CA certificate(s) to trust for HTTPS and registries.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain HTTP to OCI registries on loopback (127.0.0.1, localhost, [::1]).
+    #[arg(long)]
+    pub insecure_loopback_registry: bool,
+}
+
+impl SourceArgs {
+    fn options(&self) -> crate::cosi::source::SourceOptions {
+        crate::cosi::source::SourceOptions {
+            ca_file: self.ca_file.clone(),
+            oci_insecure_loopback: self.insecure_loopback_registry,
+            ..Default::default()
+        }
+    }
+
+    fn open(&self, image: &str) -> Result<crate::cosi::reader::Cosi> {
+        let source = crate::cosi::open::open_source(image, &self.options())?;
+        crate::cosi::reader::Cosi::open(source, self.sha384.as_deref())
+            .with_context(|| format!("reading COSI image {image}"))
+    }
 }
 
 /// Output format for human-or-machine output.
@@ -149,7 +201,21 @@ fn run(cli: Cli) -> Result<()> {
             limit,
         } => get(kind, format, datastore.as_deref(), limit),
         Command::Cosi { command } => match command {
-            CosiCommand::Inspect { image, format } => cosi_inspect(&image, format),
+            CosiCommand::Inspect {
+                image,
+                source,
+                format,
+            } => cosi_inspect(&image, &source, format),
+            CosiCommand::Verify {
+                image,
+                source,
+                format,
+            } => cosi_verify(&image, &source, format),
+            CosiCommand::Push {
+                file,
+                reference,
+                source,
+            } => cosi_push(&file, &reference, &source),
             CosiCommand::Build { args, format } => cosi_build(&args, format),
         },
     }
@@ -222,11 +288,8 @@ fn get(kind: GetKind, format: DataFormat, flag: Option<&Path>, limit: u32) -> Re
     }
 }
 
-fn cosi_inspect(image: &str, format: Format) -> Result<()> {
-    let source =
-        crate::cosi::source::FileSource::new(image.strip_prefix("file://").unwrap_or(image))?;
-    let cosi = crate::cosi::reader::Cosi::open(Box::new(source), None)
-        .with_context(|| format!("reading COSI image {image}"))?;
+fn cosi_inspect(image: &str, source: &SourceArgs, format: Format) -> Result<()> {
+    let cosi = source.open(image)?;
     let summary = cosi.summary();
     match format {
         Format::Human => print_text(&summary.render_human()),
@@ -254,4 +317,39 @@ fn cosi_build(args: &crate::cosi::build::args::BuildArgs, format: Format) -> Res
 /// Print text, ending with exactly one newline.
 fn print_text(s: &str) {
     println!("{}", s.trim_end_matches('\n'));
+}
+
+fn cosi_verify(image: &str, source: &SourceArgs, format: Format) -> Result<()> {
+    let cosi = source.open(image)?;
+    let progress = crate::progress::Reporter::new("verifying COSI");
+    let verified = crate::cosi::verify::verify(&cosi, &|done, total| progress.update(done, total));
+    progress.finish();
+    let verified = verified?;
+    match format {
+        Format::Human => {
+            for v in &verified {
+                println!(
+                    "ok  {}  {} -> {} bytes  sha384 {}",
+                    v.path, v.compressed_size, v.uncompressed_size, v.sha384
+                );
+            }
+            println!("{image}: {} images verified", verified.len());
+        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(&verified)?),
+        Format::Yaml => print!("{}", serde_yaml::to_string(&verified)?),
+    }
+    Ok(())
+}
+
+fn cosi_push(file: &Path, reference: &str, source: &SourceArgs) -> Result<()> {
+    // Refuse to publish something that is not a valid COSI file.
+    crate::cosi::reader::Cosi::open(
+        Box::new(crate::cosi::source::FileSource::new(file)?),
+        source.sha384.as_deref(),
+    )
+    .with_context(|| format!("checking {} before publishing", file.display()))?;
+    let digest = crate::cosi::oci::push(file, reference, &source.options())
+        .with_context(|| format!("publishing {} to {reference}", file.display()))?;
+    println!("{reference}@{digest}");
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //!   range requests, OCI registry blobs), behind one random-access `Source` trait.
 //! - [`tar`], [`metadata`], [`reader`]: locating and validating the members.
 //! - [`stream`]: SHA-384 → zstd → block-device pipeline.
-//! - [`build`]: raw GPT disk image → COSI file.
+//! - [`build`]: raw GPT disk image → COSI file; [`verify`]: check every image hash.
 
 pub mod build;
 pub mod http;
@@ -15,3 +15,4 @@ pub mod reader;
 pub mod source;
 pub mod stream;
 pub mod tar;
+pub mod verify;
