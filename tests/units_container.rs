@@ -410,3 +410,66 @@ fn fallback_boot_records_the_automatic_rollback() {
         "{d}"
     );
 }
+
+#[test]
+fn clean_install_trial_failure_does_not_reboot() {
+    if !enabled() {
+        return;
+    }
+    let trial = r#"{"version":1,"operation":"clean-install","updateId":"i-1","volume":"a"}"#;
+    let b = boot(
+        "clean-install-fail",
+        &[
+            ("/etc/trident/boot/trial", trial),
+            ("/etc/trident/boot/health-checks", CHECKS),
+            ("/etc/trident-test/health-check-a.rc", "3\n"),
+        ],
+    );
+    let d = b.dump();
+    // The generator's drop-in (SuccessAction=none) keeps the host up: the report unit
+    // powers it off instead of the rollback rebooting it.
+    assert_eq!(b.exit, 0, "{d}");
+    let calls = b.calls();
+    assert!(
+        calls.contains(&"[internal] [health-check-failed]".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c == "[internal] [commit]"),
+        "{calls:?}"
+    );
+    assert_eq!(
+        b.show("trident-rollback.service")["Result"],
+        "success",
+        "{d}"
+    );
+    assert_eq!(
+        b.show("boot-complete.target")["ActiveState"],
+        "inactive",
+        "{d}"
+    );
+}
+
+#[test]
+fn installer_boot_runs_the_install_and_reboots() {
+    if !enabled() {
+        return;
+    }
+    let b = boot(
+        "installer",
+        &[(
+            "/etc/trident/boot/install",
+            "/etc/trident/install-hc.yaml\n",
+        )],
+    );
+    let d = b.dump();
+    assert_eq!(
+        b.exit, 133,
+        "trident-install.service's SuccessAction=reboot\n{d}"
+    );
+    assert_eq!(
+        b.calls(),
+        vec!["[internal] [install] [--config] [/etc/trident/install-hc.yaml]".to_string()],
+        "{d}"
+    );
+}
