@@ -63,7 +63,12 @@ impl Boot {
 
     /// Unit → property map from show.txt.
     fn show(&self, unit: &str) -> std::collections::HashMap<String, String> {
-        let text = self.read("show.txt");
+        self.show_in("show.txt", unit)
+    }
+
+    /// Unit → property map from a file of `systemctl show` blocks.
+    fn show_in(&self, file: &str, unit: &str) -> std::collections::HashMap<String, String> {
+        let text = self.read(file);
         for block in text.split("\n\n") {
             let map: std::collections::HashMap<String, String> = block
                 .lines()
@@ -250,6 +255,42 @@ fn normal_boot_wires_nothing_and_units_verify_and_timers_are_scheduled() {
         "verify:\n{}",
         b.read("verify.txt")
     );
+    // Servicing writes block devices, /boot and efivarfs: no sandboxing that would
+    // stop it, but the cheap protections are in force.
+    for u in [
+        "trident-stage.service",
+        "trident-finalize.service",
+        "trident-commit.service",
+        "trident-health-check@probe.service",
+        "trident-rollback.service",
+        "trident-record-rollback.service",
+        "trident-install.service",
+    ] {
+        let p = b.show_in("sandbox.txt", u);
+        assert_eq!(p["DevicePolicy"], "auto", "{u}: {p:?}");
+        // An empty list is not printed at all.
+        assert_eq!(
+            p.get("DeviceAllow").map_or("", String::as_str),
+            "",
+            "{u}: {p:?}"
+        );
+        assert_eq!(p["ProtectSystem"], "no", "{u}: {p:?}");
+        assert_eq!(p["PrivateDevices"], "no", "{u}: {p:?}");
+        assert_eq!(p["ProtectKernelTunables"], "no", "{u}: {p:?}");
+        assert_eq!(p["ProtectKernelModules"], "no", "{u}: {p:?}");
+        assert_eq!(p["PrivateTmp"], "yes", "{u}: {p:?}");
+    }
+    let stage = b.show_in("sandbox.txt", "trident-stage.service");
+    assert_eq!(
+        (
+            stage["CPUWeight"].as_str(),
+            stage["IOWeight"].as_str(),
+            stage["Nice"].as_str()
+        ),
+        ("20", "20", "10"),
+        "{stage:?}"
+    );
+    assert_eq!(stage["ProtectHome"], "read-only", "{stage:?}");
     // (3) timers enabled, loaded, with a next elapse.
     assert_eq!(
         b.read("timers-enabled.txt").trim(),
