@@ -514,3 +514,25 @@ fn installer_boot_runs_the_install_and_reboots() {
         "{d}"
     );
 }
+
+#[test]
+fn corrupt_trial_marker_boots_normally_without_wiring() {
+    if !enabled() {
+        return;
+    }
+    let b = boot(
+        "corrupt-marker",
+        &[
+            ("/etc/trident/boot/trial", "{\"version\":1,\"operation\":"),
+            ("/etc/trident/boot/health-checks", CHECKS),
+        ],
+    );
+    let d = b.dump();
+    // The generator refuses the marker, the boot completes, nothing is checked or
+    // committed (the trial would fall back to the old volume on the next reboot).
+    assert_eq!(b.exit, 0, "{d}");
+    assert_eq!(b.read("report-done").trim(), "done", "{d}");
+    assert!(b.read("generator-output.txt").trim().is_empty(), "{d}");
+    assert!(!b.read("boot-complete-deps.txt").contains("trident"), "{d}");
+    assert!(b.calls().is_empty(), "{:?}", b.calls());
+}
