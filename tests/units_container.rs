@@ -63,7 +63,12 @@ impl Boot {
 
     /// Unit → property map from show.txt.
     fn show(&self, unit: &str) -> std::collections::HashMap<String, String> {
-        let text = self.read("show.txt");
+        self.show_in("show.txt", unit)
+    }
+
+    /// Unit → property map from a file of `systemctl show` blocks.
+    fn show_in(&self, file: &str, unit: &str) -> std::collections::HashMap<String, String> {
+        let text = self.read(file);
         for block in text.split("\n\n") {
             let map: std::collections::HashMap<String, String> = block
                 .lines()
@@ -77,17 +82,13 @@ impl Boot {
         panic!("{unit} not in show.txt:\n{text}");
     }
 
-    /// Job results systemd logged (UNIT, JOB_RESULT) from the persisted journal.
+    /// Job results systemd logged (UNIT, JOB_RESULT) from the persisted journal
+    /// (structured fields of its "Finished"/"Failed"/"Dependency failed" messages).
     fn job_results(&self) -> Vec<(String, String)> {
         let out = Command::new("journalctl")
             .arg("-D")
             .arg(self.results.join("journal"))
-            .args([
-                "-o",
-                "json",
-                "--no-pager",
-                "MESSAGE_ID=39f53479d3a045ac8e11786248231fbf",
-            ])
+            .args(["-o", "json", "--no-pager"])
             .output()
             .expect("journalctl");
         String::from_utf8_lossy(&out.stdout)
@@ -125,7 +126,9 @@ impl Boot {
     }
 }
 
-fn boot(files: &[(&str, &str)]) -> Boot {
+/// Boot once with `files` laid over the install. With `TRIDENT_CONTAINER_RESULTS=DIR`
+/// the results are also copied to `DIR/NAME` for inspection.
+fn boot(name: &str, files: &[(&str, &str)]) -> Boot {
     let root = rootfs();
     let tmp = tempfile::tempdir().unwrap();
     let payload = tmp.path().join("payload");
@@ -196,6 +199,18 @@ fn boot(files: &[(&str, &str)]) -> Boot {
         .arg("180")
         .status()
         .expect("tests/container/run.sh");
+    if let Ok(keep) = std::env::var("TRIDENT_CONTAINER_RESULTS") {
+        let dest = PathBuf::from(keep).join(name);
+        let _ = fs::remove_dir_all(&dest);
+        fs::create_dir_all(&dest).unwrap();
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(results.join("."))
+            .arg(&dest)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
     Boot {
         _tmp: tmp,
         results,
@@ -212,7 +227,7 @@ fn normal_boot_wires_nothing_and_units_verify_and_timers_are_scheduled() {
     if !enabled() {
         return;
     }
-    let b = boot(&[]);
+    let b = boot("normal", &[]);
     let d = b.dump();
     assert_eq!(b.exit, 0, "container did not power off cleanly\n{d}");
     assert_eq!(b.read("report-done").trim(), "done", "{d}");
@@ -240,6 +255,42 @@ fn normal_boot_wires_nothing_and_units_verify_and_timers_are_scheduled() {
         "verify:\n{}",
         b.read("verify.txt")
     );
+    // Servicing writes block devices, /boot and efivarfs: no sandboxing that would
+    // stop it, but the cheap protections are in force.
+    for u in [
+        "trident-stage.service",
+        "trident-finalize.service",
+        "trident-commit.service",
+        "trident-health-check@probe.service",
+        "trident-rollback.service",
+        "trident-record-rollback.service",
+        "trident-install.service",
+    ] {
+        let p = b.show_in("sandbox.txt", u);
+        assert_eq!(p["DevicePolicy"], "auto", "{u}: {p:?}");
+        // An empty list is not printed at all.
+        assert_eq!(
+            p.get("DeviceAllow").map_or("", String::as_str),
+            "",
+            "{u}: {p:?}"
+        );
+        assert_eq!(p["ProtectSystem"], "no", "{u}: {p:?}");
+        assert_eq!(p["PrivateDevices"], "no", "{u}: {p:?}");
+        assert_eq!(p["ProtectKernelTunables"], "no", "{u}: {p:?}");
+        assert_eq!(p["ProtectKernelModules"], "no", "{u}: {p:?}");
+        assert_eq!(p["PrivateTmp"], "yes", "{u}: {p:?}");
+    }
+    let stage = b.show_in("sandbox.txt", "trident-stage.service");
+    assert_eq!(
+        (
+            stage["CPUWeight"].as_str(),
+            stage["IOWeight"].as_str(),
+            stage["Nice"].as_str()
+        ),
+        ("20", "20", "10"),
+        "{stage:?}"
+    );
+    assert_eq!(stage["ProtectHome"], "read-only", "{stage:?}");
     // (3) timers enabled, loaded, with a next elapse.
     assert_eq!(
         b.read("timers-enabled.txt").trim(),
@@ -264,10 +315,13 @@ fn trial_boot_with_passing_checks_commits_after_boot_complete() {
     if !enabled() {
         return;
     }
-    let b = boot(&[
-        ("/etc/trident/boot/trial", TRIAL),
-        ("/etc/trident/boot/health-checks", CHECKS),
-    ]);
+    let b = boot(
+        "trial-pass",
+        &[
+            ("/etc/trident/boot/trial", TRIAL),
+            ("/etc/trident/boot/health-checks", CHECKS),
+        ],
+    );
     let d = b.dump();
     assert_eq!(b.exit, 0, "{d}");
     let deps = b.read("boot-complete-deps.txt");
@@ -323,11 +377,14 @@ fn trial_boot_with_a_failing_check_rolls_back_instead_of_committing() {
     if !enabled() {
         return;
     }
-    let b = boot(&[
-        ("/etc/trident/boot/trial", TRIAL),
-        ("/etc/trident/boot/health-checks", CHECKS),
-        ("/etc/trident-test/health-check-b.rc", "1\n"),
-    ]);
+    let b = boot(
+        "trial-fail",
+        &[
+            ("/etc/trident/boot/trial", TRIAL),
+            ("/etc/trident/boot/health-checks", CHECKS),
+            ("/etc/trident-test/health-check-b.rc", "1\n"),
+        ],
+    );
     let d = b.dump();
     // trident-rollback.service's SuccessAction=reboot: nspawn exits 133 on reboot.
     assert_eq!(
@@ -362,6 +419,10 @@ fn trial_boot_with_a_failing_check_rolls_back_instead_of_committing() {
         result("trident-commit.service").contains(&"dependency".to_string()),
         "{jobs:?}"
     );
+    assert!(
+        result("trident-rollback.service").contains(&"done".to_string()),
+        "{jobs:?}"
+    );
     let snap = b.read("at-rollback.txt");
     assert!(
         snap.contains("Id=boot-complete.target\nActiveState=inactive"),
@@ -375,7 +436,7 @@ fn fallback_boot_records_the_automatic_rollback() {
         return;
     }
     let pending = r#"{"version":1,"operation":"ab-update","updateId":"u-42","trialVolume":"b"}"#;
-    let b = boot(&[("/etc/trident/boot/pending", pending)]);
+    let b = boot("fallback", &[("/etc/trident/boot/pending", pending)]);
     let d = b.dump();
     assert_eq!(b.exit, 0, "{d}");
     assert_eq!(
@@ -389,4 +450,89 @@ fn fallback_boot_records_the_automatic_rollback() {
         "success",
         "{d}"
     );
+}
+
+#[test]
+fn clean_install_trial_failure_does_not_reboot() {
+    if !enabled() {
+        return;
+    }
+    let trial = r#"{"version":1,"operation":"clean-install","updateId":"i-1","volume":"a"}"#;
+    let b = boot(
+        "clean-install-fail",
+        &[
+            ("/etc/trident/boot/trial", trial),
+            ("/etc/trident/boot/health-checks", CHECKS),
+            ("/etc/trident-test/health-check-a.rc", "3\n"),
+        ],
+    );
+    let d = b.dump();
+    // The generator's drop-in (SuccessAction=none) keeps the host up: the report unit
+    // powers it off instead of the rollback rebooting it.
+    assert_eq!(b.exit, 0, "{d}");
+    let calls = b.calls();
+    assert!(
+        calls.contains(&"[internal] [health-check-failed]".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c == "[internal] [commit]"),
+        "{calls:?}"
+    );
+    assert_eq!(
+        b.show("trident-rollback.service")["Result"],
+        "success",
+        "{d}"
+    );
+    assert_eq!(
+        b.show("boot-complete.target")["ActiveState"],
+        "inactive",
+        "{d}"
+    );
+}
+
+#[test]
+fn installer_boot_runs_the_install_and_reboots() {
+    if !enabled() {
+        return;
+    }
+    let b = boot(
+        "installer",
+        &[(
+            "/etc/trident/boot/install",
+            "/etc/trident/install-hc.yaml\n",
+        )],
+    );
+    let d = b.dump();
+    assert_eq!(
+        b.exit, 133,
+        "trident-install.service's SuccessAction=reboot\n{d}"
+    );
+    assert_eq!(
+        b.calls(),
+        vec!["[internal] [install] [--config] [/etc/trident/install-hc.yaml]".to_string()],
+        "{d}"
+    );
+}
+
+#[test]
+fn corrupt_trial_marker_boots_normally_without_wiring() {
+    if !enabled() {
+        return;
+    }
+    let b = boot(
+        "corrupt-marker",
+        &[
+            ("/etc/trident/boot/trial", "{\"version\":1,\"operation\":"),
+            ("/etc/trident/boot/health-checks", CHECKS),
+        ],
+    );
+    let d = b.dump();
+    // The generator refuses the marker, the boot completes, nothing is checked or
+    // committed (the trial would fall back to the old volume on the next reboot).
+    assert_eq!(b.exit, 0, "{d}");
+    assert_eq!(b.read("report-done").trim(), "done", "{d}");
+    assert!(b.read("generator-output.txt").trim().is_empty(), "{d}");
+    assert!(!b.read("boot-complete-deps.txt").contains("trident"), "{d}");
+    assert!(b.calls().is_empty(), "{:?}", b.calls());
 }

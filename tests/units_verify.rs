@@ -148,6 +148,9 @@ fn generated_trial_wiring_verifies() {
         "trident-rollback.service",
         "trident-health.target",
         "boot-complete.target",
+        "trident-commit.service",
+        // The whole boot transaction: catches ordering cycles through the wiring.
+        "multi-user.target",
     ];
     let paths = units.iter().map(|u| {
         if u.starts_with("trident-health-check@") {

@@ -11,6 +11,14 @@ for u in boot-complete.target trident-health.target trident-commit.service \
         -p ActiveEnterTimestampMonotonic -p ExecMainStartTimestampMonotonic "$u"
     echo
 done > /results/show.txt 2>&1
+for u in trident-stage.service trident-finalize.service trident-commit.service \
+         trident-health-check@probe.service trident-rollback.service \
+         trident-record-rollback.service trident-install.service; do
+    systemctl show -p Id -p DevicePolicy -p DeviceAllow -p ProtectSystem -p PrivateDevices \
+        -p ProtectKernelTunables -p ProtectKernelModules -p PrivateTmp -p ProtectHome \
+        -p CPUWeight -p IOWeight -p Nice "$u"
+    echo
+done > /results/sandbox.txt 2>&1
 systemctl list-units --all --plain --no-legend --no-pager 'trident-*' > /results/trident-units.txt 2>&1
 systemctl is-enabled trident-update.timer trident-finalize.timer > /results/timers-enabled.txt 2>&1
 systemctl list-timers --all --no-pager 'trident-*' > /results/timers.txt 2>&1
