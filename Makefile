@@ -6,7 +6,7 @@ DESTDIR ?=
 TARGET_DIR ?= $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 DEMO_DIR ?= $(TARGET_DIR)/demo
 
-.PHONY: all deps build release demo test test-unit lint fmt clippy bench-stream clean-demo
+.PHONY: all deps build release demo test test-unit lint fmt clippy bench-stream clean-demo ci
 
 all: build
 
@@ -43,5 +43,10 @@ clippy:
 bench-stream:
 	./scripts/bench-stream.sh
 
+## ci: what .ci/run runs: the tests, then the container tier (real systemd PID 1)
+ci: test test-container
+
 clean-demo:
 	rm -rf $(DEMO_DIR)
+
+include mk/install.mk
