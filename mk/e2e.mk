@@ -3,12 +3,12 @@
 #
 #   make e2e-guest   build (once per machine) the cached Debian 12 guest root
 #   make e2e-smoke   boot A, one-shot B, back to A under OVMF + systemd-boot (~2 min)
-#   make e2e         the whole VM suite (today: the smoke test; the engine scenarios
+#   make e2e         the whole VM suite (today: smoke + layered; the engine scenarios
 #                    of issue 7 are added to E2E_SCENARIOS as they land)
 
 E2E_DIR ?= tests/e2e
 E2E_PACKAGES ?= qemu-system-x86 ovmf debootstrap mtools dosfstools gdisk zstd python3-venv e2fsprogs
-E2E_SCENARIOS ?= $(E2E_DIR)/smoke.sh
+E2E_SCENARIOS ?= $(E2E_DIR)/smoke.sh $(E2E_DIR)/layered.sh
 
 .PHONY: e2e-deps e2e-guest e2e-smoke e2e
 

@@ -12,7 +12,8 @@
 # One boot is one QEMU process: the guest powers off after reporting (its
 # trident-e2e-report unit), and -no-reboot turns a reboot or a panic into an exit.
 # Exit status: 0 booted (and matched), 1 QEMU failed, 2 no match, 124 timed out.
-# Prints "vm: DISK booted in N s, console log: FILE"; on failure the last 40 lines.
+# Prints "vm: DISK booted in N s, console log: FILE"; on failure the guest's TRIDENT-E2E
+# report lines (if any) and the last 40 console lines.
 # The VM never gets a network device (-nic none).
 set -euo pipefail
 
@@ -87,6 +88,10 @@ case $status in
             2) echo "vm: $DISK: console never matched /$EXPECT/ ($elapsed s)" >&2 ;;
             *) echo "vm: QEMU failed after $elapsed s: $(tail -5 "$qemu_err")" >&2 ;;
         esac
+        if grep -qa "TRIDENT-E2E:" "$LOG"; then
+            echo "vm: the guest reported:" >&2
+            grep -a "TRIDENT-E2E:" "$LOG" | tr -d '\r' | sed 's/^/  | /' >&2
+        fi
         echo "vm: last 40 console lines ($LOG):" >&2
         tail -n 40 "$LOG" | tr -d '\r' | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/^/  | /' >&2
         ;;
