@@ -2,7 +2,7 @@
 # `make -f mk/e2e.mk e2e-smoke`). Needs root. See docs/testing.md, "VM suite".
 #
 #   make e2e-guest   build (once per machine) the cached Debian 12 guest root
-#   make e2e-smoke   boot A, one-shot B, back to A under OVMF + systemd-boot (~2 min)
+#   make e2e-smoke   boot A, one-shot B, back to A under OVMF + systemd-boot (2-5.5 min)
 #   make e2e         the whole VM suite (today: smoke + layered; the engine scenarios
 #                    of issue 7 are added to E2E_SCENARIOS as they land)
 

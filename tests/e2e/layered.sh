@@ -62,7 +62,8 @@ rm -rf "$WORK/root"
 
 "$HERE/vm.sh" --log "$WORK/boot.log" --timeout "$TIMEOUT" --expect "TRIDENT-E2E: end" \
     "$WORK/disk.img" >&2 || fail "the layered guest did not boot and report"
-results=$(grep -a "TRIDENT-E2E: result" "$WORK/boot.log" | tr -d '\r')
+# -o: the serial getty's login prompt may share a line with the report.
+results=$(grep -ao "TRIDENT-E2E: result .*" "$WORK/boot.log" | tr -d '\r')
 say "guest results:"
 printf '%s\n' "$results" | while read -r line; do say "  $line"; done
 expected_version=$("${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE/trident" --version)

@@ -30,7 +30,8 @@ boot() {
     "$HERE/vm.sh" --vars "$VARS" --log "$WORK/boot$n.log" --timeout "$TIMEOUT" \
         --expect "TRIDENT-E2E: end" "$DISK" >&2 || fail "boot $n did not complete"
     local line
-    line=$(grep -a "TRIDENT-E2E: booted" "$WORK/boot$n.log" | tr -d '\r')
+    # -o: the serial getty's login prompt may share a line with the report.
+    line=$(grep -ao "TRIDENT-E2E: booted .*" "$WORK/boot$n.log" | tr -d '\r')
     say "boot $n: ${line#TRIDENT-E2E: }"
     [ "$line" = "TRIDENT-E2E: booted $version root=$part entry=$entry" ] \
         || fail "boot $n: expected 'booted $version root=$part entry=$entry', got '$line'"

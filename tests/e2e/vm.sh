@@ -90,7 +90,7 @@ case $status in
         esac
         if grep -qa "TRIDENT-E2E:" "$LOG"; then
             echo "vm: the guest reported:" >&2
-            grep -a "TRIDENT-E2E:" "$LOG" | tr -d '\r' | sed 's/^/  | /' >&2
+            grep -ao "TRIDENT-E2E: .*" "$LOG" | tr -d '\r' | sed 's/^/  | /' >&2
         fi
         echo "vm: last 40 console lines ($LOG):" >&2
         tail -n 40 "$LOG" | tr -d '\r' | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/^/  | /' >&2
