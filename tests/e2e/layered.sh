@@ -37,6 +37,8 @@ cat > "$stage/usr/lib/trident-e2e/scenario" <<'EOF'
     echo "version $(trident --version)"
     echo "units $(systemctl list-unit-files 'trident*' --no-legend | wc -l)"
     echo "efivars $(ls /sys/firmware/efi/efivars | wc -l)"
+    # The storage modules kept for the RAID, LUKS and verity scenarios must load.
+    modprobe -a md_mod raid1 dm_mod dm_crypt dm_verity && echo "modules $(lsmod | grep -cE '^(md_mod|raid1|dm_mod|dm_crypt|dm_verity) ')"
 } > /var/lib/trident-e2e/results 2>&1
 EOF
 chmod 0755 "$stage/usr/lib/trident-e2e/scenario"
@@ -73,6 +75,8 @@ units=$(echo "$results" | sed -n 's/^TRIDENT-E2E: result units //p')
 [ "${units:-0}" -ge "$(find "$REPO/units" -name 'trident*' | wc -l)" ] \
     || fail "the guest sees ${units:-no} trident unit files"
 echo "$results" | grep -q "^TRIDENT-E2E: result efivars [1-9]" || fail "no EFI variables in the guest"
+echo "$results" | grep -qx "TRIDENT-E2E: result modules 5" \
+    || fail "md_mod raid1 dm_mod dm_crypt dm_verity do not all load in the guest"
 say "PASS: the project runs in the guest"
 if [ "${TRIDENT_E2E_KEEP:-0}" = 1 ] || [ -n "${TRIDENT_E2E_WORK:-}" ]; then
     say "work directory kept: $WORK"
