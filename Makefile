@@ -50,3 +50,4 @@ clean-demo:
 	rm -rf $(DEMO_DIR)
 
 include mk/install.mk
+include mk/e2e.mk
