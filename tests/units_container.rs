@@ -12,10 +12,15 @@ use std::process::Command;
 
 fn enabled() -> bool {
     if std::env::var("TRIDENT_CONTAINER_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipping: container tests run with TRIDENT_CONTAINER_TESTS=1 (make test-container)");
+        eprintln!(
+            "skipping: container tests run with TRIDENT_CONTAINER_TESTS=1 (make test-container)"
+        );
         return false;
     }
-    assert!(nix::unistd::Uid::effective().is_root(), "container tests need root");
+    assert!(
+        nix::unistd::Uid::effective().is_root(),
+        "container tests need root"
+    );
     true
 }
 
@@ -77,26 +82,45 @@ impl Boot {
         let out = Command::new("journalctl")
             .arg("-D")
             .arg(self.results.join("journal"))
-            .args(["-o", "json", "--no-pager", "MESSAGE_ID=39f53479d3a045ac8e11786248231fbf"])
+            .args([
+                "-o",
+                "json",
+                "--no-pager",
+                "MESSAGE_ID=39f53479d3a045ac8e11786248231fbf",
+            ])
             .output()
             .expect("journalctl");
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
             .filter_map(|v| {
-                Some((v.get("UNIT")?.as_str()?.to_string(), v.get("JOB_RESULT")?.as_str()?.to_string()))
+                Some((
+                    v.get("UNIT")?.as_str()?.to_string(),
+                    v.get("JOB_RESULT")?.as_str()?.to_string(),
+                ))
             })
             .collect()
     }
 
     fn dump(&self) -> String {
         let mut s = String::new();
-        for f in ["exit-status", "system-state", "calls.log", "boot-complete-deps.txt", "show.txt", "generator-output.txt", "at-rollback.txt"] {
+        for f in [
+            "exit-status",
+            "system-state",
+            "calls.log",
+            "boot-complete-deps.txt",
+            "show.txt",
+            "generator-output.txt",
+            "at-rollback.txt",
+        ] {
             s += &format!("--- {f}\n{}\n", self.read(f));
         }
         let console = self.read("console.log");
         let tail: Vec<&str> = console.lines().rev().take(40).collect();
-        s += &format!("--- console.log (tail)\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+        s += &format!(
+            "--- console.log (tail)\n{}\n",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
         s
     }
 }
@@ -113,7 +137,10 @@ fn boot(files: &[(&str, &str)]) -> Boot {
         .args(["-s", "-f", "mk/install.mk", "install", "NO_BUILD=1"])
         .arg(format!("DESTDIR={}", payload.display()))
         .arg(format!("TRIDENT_BIN={}", env!("CARGO_BIN_EXE_trident")))
-        .arg(format!("GENERATOR_BIN={}", env!("CARGO_BIN_EXE_trident-generator")))
+        .arg(format!(
+            "GENERATOR_BIN={}",
+            env!("CARGO_BIN_EXE_trident-generator")
+        ))
         .current_dir(repo())
         .status()
         .expect("make install");
@@ -128,8 +155,16 @@ fn boot(files: &[(&str, &str)]) -> Boot {
     };
     let ct = repo().join("tests/container");
     // Seam: the fake verbs replace the real binary (which has no internal verbs yet).
-    put("/usr/bin/trident", &fs::read(ct.join("fake-trident.sh")).unwrap(), 0o755);
-    put("/usr/lib/trident-test/report.sh", &fs::read(ct.join("report.sh")).unwrap(), 0o755);
+    put(
+        "/usr/bin/trident",
+        &fs::read(ct.join("fake-trident.sh")).unwrap(),
+        0o755,
+    );
+    put(
+        "/usr/lib/trident-test/report.sh",
+        &fs::read(ct.join("report.sh")).unwrap(),
+        0o755,
+    );
     put(
         "/etc/systemd/system/trident-test-report.service",
         &fs::read(ct.join("trident-test-report.service")).unwrap(),
@@ -140,10 +175,18 @@ fn boot(files: &[(&str, &str)]) -> Boot {
         fs::create_dir_all(&d).unwrap();
         std::os::unix::fs::symlink(target, d.join(unit)).unwrap();
     };
-    link("/etc/systemd/system/multi-user.target.wants", "trident-test-report.service", "/etc/systemd/system/trident-test-report.service");
+    link(
+        "/etc/systemd/system/multi-user.target.wants",
+        "trident-test-report.service",
+        "/etc/systemd/system/trident-test-report.service",
+    );
     // Timers enabled as an administrator would (`systemctl enable`).
     for t in ["trident-update.timer", "trident-finalize.timer"] {
-        link("/etc/systemd/system/timers.target.wants", t, &format!("/usr/lib/systemd/system/{t}"));
+        link(
+            "/etc/systemd/system/timers.target.wants",
+            t,
+            &format!("/usr/lib/systemd/system/{t}"),
+        );
     }
     for (path, content) in files {
         put(path, content.as_bytes(), 0o644);
@@ -161,7 +204,8 @@ fn boot(files: &[(&str, &str)]) -> Boot {
 }
 
 const TRIAL: &str = r#"{"version":1,"operation":"ab-update","updateId":"u-42","volume":"b"}"#;
-const CHECKS: &str = r#"{"version":1,"checks":[{"name":"check-a","timeoutSeconds":30},{"name":"check-b"}]}"#;
+const CHECKS: &str =
+    r#"{"version":1,"checks":[{"name":"check-a","timeoutSeconds":30},{"name":"check-b"}]}"#;
 
 #[test]
 fn normal_boot_wires_nothing_and_units_verify_and_timers_are_scheduled() {
@@ -174,18 +218,44 @@ fn normal_boot_wires_nothing_and_units_verify_and_timers_are_scheduled() {
     assert_eq!(b.read("report-done").trim(), "done", "{d}");
     // (1) nothing wired: no health target under boot-complete, no commit wanted.
     assert!(!b.read("boot-complete-deps.txt").contains("trident"), "{d}");
-    assert!(!b.read("multi-user-wants.txt").contains("trident-commit"), "{d}");
+    assert!(
+        !b.read("multi-user-wants.txt").contains("trident-commit"),
+        "{d}"
+    );
     assert!(b.read("generator-output.txt").trim().is_empty(), "{d}");
-    assert!(b.calls().is_empty(), "no verb may run on a normal boot: {:?}", b.calls());
+    assert!(
+        b.calls().is_empty(),
+        "no verb may run on a normal boot: {:?}",
+        b.calls()
+    );
     // (2) systemd-analyze verify inside the container, on the installed units.
-    assert_eq!(b.read("verify.rc").trim(), "0", "verify:\n{}", b.read("verify.txt"));
-    assert!(b.read("verify.txt").trim().is_empty(), "verify:\n{}", b.read("verify.txt"));
+    assert_eq!(
+        b.read("verify.rc").trim(),
+        "0",
+        "verify:\n{}",
+        b.read("verify.txt")
+    );
+    assert!(
+        b.read("verify.txt").trim().is_empty(),
+        "verify:\n{}",
+        b.read("verify.txt")
+    );
     // (3) timers enabled, loaded, with a next elapse.
-    assert_eq!(b.read("timers-enabled.txt").trim(), "enabled\nenabled", "{d}");
+    assert_eq!(
+        b.read("timers-enabled.txt").trim(),
+        "enabled\nenabled",
+        "{d}"
+    );
     let timers = b.read("timers.txt");
     for t in ["trident-update.timer", "trident-finalize.timer"] {
-        let line = timers.lines().find(|l| l.contains(t)).unwrap_or_else(|| panic!("{t} not listed:\n{timers}"));
-        assert!(!line.trim_start().starts_with("n/a"), "{t} has no next elapse:\n{timers}");
+        let line = timers
+            .lines()
+            .find(|l| l.contains(t))
+            .unwrap_or_else(|| panic!("{t} not listed:\n{timers}"));
+        assert!(
+            !line.trim_start().starts_with("n/a"),
+            "{t} has no next elapse:\n{timers}"
+        );
     }
 }
 
@@ -194,27 +264,58 @@ fn trial_boot_with_passing_checks_commits_after_boot_complete() {
     if !enabled() {
         return;
     }
-    let b = boot(&[("/etc/trident/boot/trial", TRIAL), ("/etc/trident/boot/health-checks", CHECKS)]);
+    let b = boot(&[
+        ("/etc/trident/boot/trial", TRIAL),
+        ("/etc/trident/boot/health-checks", CHECKS),
+    ]);
     let d = b.dump();
     assert_eq!(b.exit, 0, "{d}");
     let deps = b.read("boot-complete-deps.txt");
-    for u in ["trident-health.target", "trident-health-check@check\\x2da.service", "trident-health-check@check\\x2db.service"] {
+    for u in [
+        "trident-health.target",
+        "trident-health-check@check\\x2da.service",
+        "trident-health-check@check\\x2db.service",
+    ] {
         assert!(deps.contains(u), "{u} not under boot-complete.target:\n{d}");
     }
-    assert!(b.read("multi-user-wants.txt").contains("trident-commit.service"), "{d}");
+    assert!(
+        b.read("multi-user-wants.txt")
+            .contains("trident-commit.service"),
+        "{d}"
+    );
     let calls = b.calls();
-    assert!(calls.contains(&"[internal] [health-check] [check-a]".to_string()), "{calls:?}");
-    assert!(calls.contains(&"[internal] [health-check] [check-b]".to_string()), "{calls:?}");
-    assert_eq!(calls.last().map(String::as_str), Some("[internal] [commit]"), "{calls:?}");
-    assert!(!calls.iter().any(|c| c.contains("health-check-failed")), "{calls:?}");
+    assert!(
+        calls.contains(&"[internal] [health-check] [check-a]".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        calls.contains(&"[internal] [health-check] [check-b]".to_string()),
+        "{calls:?}"
+    );
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("[internal] [commit]"),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("health-check-failed")),
+        "{calls:?}"
+    );
     let bc = b.show("boot-complete.target");
     let commit = b.show("trident-commit.service");
     assert_eq!(bc["ActiveState"], "active", "{d}");
     assert_eq!(commit["Result"], "success", "{d}");
     let reached: u64 = bc["ActiveEnterTimestampMonotonic"].parse().unwrap();
     let started: u64 = commit["ExecMainStartTimestampMonotonic"].parse().unwrap();
-    assert!(reached > 0 && started >= reached, "commit started before boot-complete.target:\n{d}");
-    assert_eq!(b.show("trident-rollback.service")["ActiveState"], "inactive", "{d}");
+    assert!(
+        reached > 0 && started >= reached,
+        "commit started before boot-complete.target:\n{d}"
+    );
+    assert_eq!(
+        b.show("trident-rollback.service")["ActiveState"],
+        "inactive",
+        "{d}"
+    );
 }
 
 #[test]
@@ -229,17 +330,43 @@ fn trial_boot_with_a_failing_check_rolls_back_instead_of_committing() {
     ]);
     let d = b.dump();
     // trident-rollback.service's SuccessAction=reboot: nspawn exits 133 on reboot.
-    assert_eq!(b.exit, 133, "expected the rollback to reboot the container\n{d}");
+    assert_eq!(
+        b.exit, 133,
+        "expected the rollback to reboot the container\n{d}"
+    );
     let calls = b.calls();
-    assert!(calls.contains(&"[internal] [health-check-failed]".to_string()), "{calls:?}");
-    assert!(!calls.iter().any(|c| c == "[internal] [commit]"), "commit ran: {calls:?}");
+    assert!(
+        calls.contains(&"[internal] [health-check-failed]".to_string()),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c == "[internal] [commit]"),
+        "commit ran: {calls:?}"
+    );
     let jobs = b.job_results();
-    let result = |u: &str| jobs.iter().filter(|(x, _)| x == u).map(|(_, r)| r.clone()).collect::<Vec<_>>();
-    assert!(result("trident-health-check@check\\x2db.service").contains(&"failed".to_string()), "{jobs:?}");
-    assert!(result("boot-complete.target").contains(&"dependency".to_string()), "{jobs:?}");
-    assert!(result("trident-commit.service").contains(&"dependency".to_string()), "{jobs:?}");
+    let result = |u: &str| {
+        jobs.iter()
+            .filter(|(x, _)| x == u)
+            .map(|(_, r)| r.clone())
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        result("trident-health-check@check\\x2db.service").contains(&"failed".to_string()),
+        "{jobs:?}"
+    );
+    assert!(
+        result("boot-complete.target").contains(&"dependency".to_string()),
+        "{jobs:?}"
+    );
+    assert!(
+        result("trident-commit.service").contains(&"dependency".to_string()),
+        "{jobs:?}"
+    );
     let snap = b.read("at-rollback.txt");
-    assert!(snap.contains("Id=boot-complete.target\nActiveState=inactive"), "{snap}\n{d}");
+    assert!(
+        snap.contains("Id=boot-complete.target\nActiveState=inactive"),
+        "{snap}\n{d}"
+    );
 }
 
 #[test]
@@ -251,7 +378,15 @@ fn fallback_boot_records_the_automatic_rollback() {
     let b = boot(&[("/etc/trident/boot/pending", pending)]);
     let d = b.dump();
     assert_eq!(b.exit, 0, "{d}");
-    assert_eq!(b.calls(), vec!["[internal] [record-rollback]".to_string()], "{d}");
+    assert_eq!(
+        b.calls(),
+        vec!["[internal] [record-rollback]".to_string()],
+        "{d}"
+    );
     assert!(!b.read("boot-complete-deps.txt").contains("trident"), "{d}");
-    assert_eq!(b.show("trident-record-rollback.service")["Result"], "success", "{d}");
+    assert_eq!(
+        b.show("trident-record-rollback.service")["Result"],
+        "success",
+        "{d}"
+    );
 }
