@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use crate::config::{HostConfiguration, ServicingType};
 
+mod accounts;
 mod files;
 mod fstab;
 mod fsutil;
