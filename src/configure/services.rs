@@ -334,7 +334,10 @@ pub fn disable(root: &Path, name: &str) -> Result<()> {
     let mut names = vec![name.clone()];
     names.extend(unit.install.alias.iter().map(|a| expand(a, &name)));
     let etc = fsutil::target_path(root, Path::new(CONFIG_DIR))?;
-    remove_links(&etc, &names, &unit.path, true)?;
+    // An instance shares its template's file: match it by name only, so disabling
+    // `foo@a` leaves `foo@b` enabled (disabling `foo@` removes every instance).
+    let target = template_of(&name).is_none().then_some(unit.path.as_path());
+    remove_links(&etc, &names, target, true)?;
     for also in unit.install.also.clone() {
         let also = expand(&also, &name);
         if also != name {
@@ -344,7 +347,7 @@ pub fn disable(root: &Path, name: &str) -> Result<()> {
     Ok(())
 }
 
-fn remove_links(dir: &Path, names: &[String], target: &Path, top: bool) -> Result<()> {
+fn remove_links(dir: &Path, names: &[String], target: Option<&Path>, top: bool) -> Result<()> {
     let Ok(entries) = fs::read_dir(dir) else {
         return Ok(());
     };
@@ -366,7 +369,7 @@ fn remove_links(dir: &Path, names: &[String], target: &Path, top: bool) -> Resul
             continue;
         }
         let link = fs::read_link(&path)?;
-        let points_to_unit = link == target;
+        let points_to_unit = target.is_some_and(|t| link == t);
         let named = names.iter().any(|n| *n == fname)
             || template_of(&fname).is_some_and(|t| names.iter().any(|n| *n == t));
         if points_to_unit || named {
