@@ -151,7 +151,7 @@ pub fn configure_machine_id(
                 "A/B update without the running OS's root; machine-id left as in the image"
             );
         }
-        _ => {
+        (ServicingType::CleanInstall, _) => {
             fsutil::write_in_target(
                 root,
                 "/etc/machine-id",
@@ -159,6 +159,8 @@ pub fn configure_machine_id(
                 Some(0o444),
             )?;
         }
+        // A runtime update configures the running OS: its identity stays.
+        (ServicingType::RuntimeUpdate, _) => {}
     }
     Ok(())
 }
@@ -248,6 +250,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (target, running) = (t.path().join("t"), t.path().join("r"));
         fs::create_dir_all(running.join("etc")).unwrap();
+        configure_machine_id(&target, ServicingType::RuntimeUpdate, None).unwrap();
+        assert!(!target.join("etc/machine-id").exists(), "runtime update keeps the id");
         configure_machine_id(&target, ServicingType::CleanInstall, None).unwrap();
         assert_eq!(
             fs::read_to_string(target.join("etc/machine-id")).unwrap(),

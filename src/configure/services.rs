@@ -370,8 +370,8 @@ fn remove_links(dir: &Path, names: &[String], target: Option<&Path>, top: bool) 
         }
         let link = fs::read_link(&path)?;
         let points_to_unit = target.is_some_and(|t| link == t);
-        let named = names.iter().any(|n| *n == fname)
-            || template_of(&fname).is_some_and(|t| names.iter().any(|n| *n == t));
+        let named =
+            names.contains(&fname) || template_of(&fname).is_some_and(|t| names.contains(&t));
         if points_to_unit || named {
             if link == Path::new("/dev/null") {
                 continue; // a mask is not an enablement
