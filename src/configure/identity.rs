@@ -251,7 +251,10 @@ mod tests {
         let (target, running) = (t.path().join("t"), t.path().join("r"));
         fs::create_dir_all(running.join("etc")).unwrap();
         configure_machine_id(&target, ServicingType::RuntimeUpdate, None).unwrap();
-        assert!(!target.join("etc/machine-id").exists(), "runtime update keeps the id");
+        assert!(
+            !target.join("etc/machine-id").exists(),
+            "runtime update keeps the id"
+        );
         configure_machine_id(&target, ServicingType::CleanInstall, None).unwrap();
         assert_eq!(
             fs::read_to_string(target.join("etc/machine-id")).unwrap(),
