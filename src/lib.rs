@@ -11,6 +11,7 @@
 //! - [`storage`]   — block devices: GPT, partition nodes (BLKPG), loop devices, mkfs.
 //! - [`boot`]      — boot control: EFI variables, systemd-boot entries, UEFI load options,
 //!   the ESP (FAT in user space).
+//! - [`configure`] — configures a target OS root before first boot; runs hook scripts.
 //! - [`generator`] — `trident-generator`: wires trial/rollback/installer units at boot.
 //! - [`cmd`]       — the one wrapper for running external tools.
 //! - [`logging`]   — tracing setup (journald under systemd, stderr otherwise).
@@ -25,6 +26,7 @@ pub mod boot;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod configure;
 pub mod cosi;
 pub mod datastore;
 pub mod error;
