@@ -2,7 +2,7 @@
 //!
 //! One pass over the disk image, bounded memory, no temporary image files:
 //!
-//! 1. parse the primary GPT ([`gpt`]), probe each partition's superblock ([`probe`]);
+//! 1. read the primary GPT ([`crate::storage::gpt::read_gpt_image`]), probe each partition's superblock ([`probe`]);
 //! 2. decide the mount points: `--mount` selectors, or the image's own `/etc/fstab`
 //!    found on the partition that holds `/etc/os-release` ([`fstab`]);
 //! 3. read `os-release` and the package database from the filesystems in the image
@@ -18,16 +18,16 @@
 pub mod args;
 pub mod esp;
 pub mod fstab;
-pub mod gpt;
 pub mod meta;
 pub mod packages;
 pub mod probe;
 pub mod rootfs;
 pub mod tarwrite;
 
+use crate::storage::gpt::{self, ExistingPartition, GptTable, ReadAt};
+use crate::storage::parttypes::PartitionType;
 use crate::TridentError;
 use anyhow::{bail, Context, Result};
-use gpt::{GptDisk, GptPartition};
 use meta::{CosiMetadata, Disk, Filesystem, GptRegion, ImageFile};
 use probe::FsInfo;
 use rootfs::FsReader;
@@ -165,7 +165,7 @@ pub struct BuildSummary {
 /// A partition and what its superblock says.
 #[derive(Debug, Clone)]
 struct Part {
-    gpt: GptPartition,
+    gpt: ExistingPartition,
     fs: Option<FsInfo>,
     mount: Option<String>,
     image_path: String,
@@ -214,28 +214,32 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
             .with_context(|| format!("reading {len} bytes at offset {off} of the disk image"))?;
         Ok(b)
     };
-    let disk = gpt::parse(disk_size, &read_at)
-        .with_context(|| format!("reading the partition table of {}", img_path.display()))?;
+    let (disk, primary_len) = read_partition_table(
+        &img_path.display().to_string(),
+        disk_size,
+        &mut |off, len| read_at(off, len),
+    )
+    .with_context(|| format!("reading the partition table of {}", img_path.display()))?;
     if disk.partitions.is_empty() {
         return Err(invalid(
             "cosi-build-no-partitions",
             "the disk image's GPT has no partitions".into(),
         ));
     }
-    let lba = disk.lba_size;
-    if disk.primary_region_len() > disk.partitions[0].offset(lba) {
+    let lba = disk.sector_size;
+    if primary_len > disk.partitions[0].offset() {
         bail!(
             "partition {} starts inside the primary GPT (which ends at byte {})",
             disk.partitions[0].number,
-            disk.primary_region_len()
+            primary_len
         );
     }
     let mut parts: Vec<Part> = Vec::new();
     for p in &disk.partitions {
-        let size = p.size(lba);
-        let head = read_at(p.offset(lba), (probe::PROBE_LEN as u64).min(size) as usize)?;
+        let size = p.size();
+        let head = read_at(p.offset(), (probe::PROBE_LEN as u64).min(size) as usize)?;
         let fs = probe::probe(&head);
-        tracing::debug!(number = p.number, name = %p.name, fs = ?fs, "probed partition");
+        tracing::debug!(number = p.number, name = %p.label, fs = ?fs, "probed partition");
         parts.push(Part {
             gpt: p.clone(),
             fs,
@@ -246,7 +250,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
 
     // --- mount points ---------------------------------------------------------------
     if opts.mounts.is_empty() {
-        mounts_from_fstab(img_path, &disk, &mut parts)?;
+        mounts_from_fstab(img_path, &mut parts)?;
     } else {
         for (sel, mp) in &opts.mounts {
             let mp = normalize_mount(mp);
@@ -271,7 +275,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     check_mounts(&parts)?;
 
     // --- what the OS is -------------------------------------------------------------
-    let readers = Readers::new(img_path, lba, &parts);
+    let readers = Readers::new(img_path, &parts);
     let os_release = match readers.read("/etc/os-release")? {
         Some(b) => b,
         None => readers.read("/usr/lib/os-release")?.ok_or_else(|| {
@@ -286,7 +290,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
 
     let esp_idx = parts
         .iter()
-        .position(|p| p.gpt.type_guid == gpt::ESP_TYPE)
+        .position(|p| p.gpt.type_guid == PartitionType::Esp.guid())
         .or_else(|| {
             parts.iter().position(|p| {
                 p.fs.as_ref().is_some_and(|f| f.fs_type == "vfat")
@@ -304,7 +308,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         .mount
         .clone()
         .unwrap_or_else(|| DEFAULT_ESP_MOUNT.into());
-    let found = esp::inspect(&image, esp.gpt.offset(lba), esp.gpt.size(lba), &esp_mount)
+    let found = esp::inspect(&image, esp.gpt.offset(), esp.gpt.size(), &esp_mount)
         .with_context(|| format!("detecting the bootloader on partition {}", esp.gpt.number))?;
     let os_arch = forced_arch
         .or_else(|| found.arch.clone())
@@ -318,7 +322,6 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         uncompressed_size: size,
         sha384: String::new(),
     };
-    let primary_len = disk.primary_region_len();
     let mut md = CosiMetadata {
         version: meta::COSI_VERSION.into(),
         id: uuid::Uuid::new_v4().to_string(),
@@ -332,11 +335,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
                     p.fs.as_ref()
                         .expect("checked: mounted partitions have a filesystem");
                 Filesystem {
-                    image: placeholder(&p.image_path, p.gpt.size(lba)),
+                    image: placeholder(&p.image_path, p.gpt.size()),
                     mount_point: p.mount.clone().unwrap_or_default(),
                     fs_type: fs.fs_type.clone(),
                     fs_uuid: fs.uuid.clone(),
-                    part_type: p.gpt.type_guid.clone(),
+                    part_type: p.gpt.type_guid.to_string(),
                     verity: None,
                 }
             })
@@ -351,7 +354,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
                 number: None,
             })
             .chain(parts.iter().map(|p| GptRegion {
-                image: placeholder(&p.image_path, p.gpt.size(lba)),
+                image: placeholder(&p.image_path, p.gpt.size()),
                 kind: "partition".into(),
                 number: Some(p.gpt.number),
             }))
@@ -374,7 +377,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     let md_len = md.max_json_len();
     let reservation = tar.reserve("metadata.json", md_len as u64)?;
 
-    let total: u64 = primary_len + parts.iter().map(|p| p.gpt.size(lba)).sum::<u64>();
+    let total: u64 = primary_len + parts.iter().map(|p| p.gpt.size()).sum::<u64>();
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -387,14 +390,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     let mut max_window_log = 0;
     let mut jobs: Vec<(String, u64, u64, Option<&Part>)> =
         vec![("images/primary-gpt.rawzst".into(), 0, primary_len, None)];
-    jobs.extend(parts.iter().map(|p| {
-        (
-            p.image_path.clone(),
-            p.gpt.offset(lba),
-            p.gpt.size(lba),
-            Some(p),
-        )
-    }));
+    jobs.extend(
+        parts
+            .iter()
+            .map(|p| (p.image_path.clone(), p.gpt.offset(), p.gpt.size(), Some(p))),
+    );
     let mut written: Vec<ImageFile> = Vec::new();
     for (path, offset, len, part) in jobs {
         tracing::info!(image = %path, bytes = len, "compressing");
@@ -458,6 +458,35 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     })
 }
 
+/// Read the disk image's GPT: the primary copy must be intact (it is stored as is in
+/// the COSI file) and the layout sane. Partitions come in disk order; also returns the
+/// length of the primary-GPT region (protective MBR, header, entries).
+fn read_partition_table(name: &str, size: u64, read_at: &mut ReadAt) -> Result<(GptTable, u64)> {
+    let not_gpt = |why: String| invalid("cosi-build-not-gpt", why);
+    let image =
+        gpt::read_gpt_image(name, size, read_at).map_err(
+            |e| match crate::error::find_trident_error(&e) {
+                Some(t) if t.code == "no-partition-table" => not_gpt(t.message),
+                _ => e,
+            },
+        )?;
+    let mut table = image.table;
+    let lba = table.sector_size;
+    let Some(primary_len) = image.primary_len else {
+        return Err(not_gpt(format!(
+            "the primary GPT of {name} is damaged (only the backup copy is valid)"
+        )));
+    };
+    if size % lba != 0 {
+        return Err(not_gpt(format!(
+            "{name} has no valid GPT: disk size {size} is not a multiple of the {lba}-byte LBA"
+        )));
+    }
+    table.check_layout(size)?;
+    table.partitions.sort_by_key(|p| p.first_lba);
+    Ok((table, primary_len))
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -500,10 +529,10 @@ fn describe_parts(parts: &[Part]) -> String {
     parts
         .iter()
         .map(|p| {
-            if p.gpt.name.is_empty() {
+            if p.gpt.label.is_empty() {
                 format!("{}", p.gpt.number)
             } else {
-                format!("{} ({})", p.gpt.number, p.gpt.name)
+                format!("{} ({})", p.gpt.number, p.gpt.label)
             }
         })
         .collect::<Vec<_>>()
@@ -513,7 +542,7 @@ fn describe_parts(parts: &[Part]) -> String {
 fn find_part(parts: &[Part], sel: &PartSelector) -> Option<usize> {
     match sel {
         PartSelector::Number(n) => parts.iter().position(|p| p.gpt.number == *n),
-        PartSelector::Label(l) => parts.iter().position(|p| p.gpt.name == *l),
+        PartSelector::Label(l) => parts.iter().position(|p| p.gpt.label == *l),
     }
 }
 
@@ -567,16 +596,16 @@ fn check_mounts(parts: &[Part]) -> Result<()> {
     Ok(())
 }
 
-fn reader_for(image: &Path, lba: u64, p: &Part) -> Result<Box<dyn FsReader>> {
+fn reader_for(image: &Path, p: &Part) -> Result<Box<dyn FsReader>> {
     let fs =
         p.fs.as_ref()
             .with_context(|| format!("partition {} has no filesystem", p.gpt.number))?;
     Ok(match fs.fs_type.as_str() {
-        "ext2" | "ext3" | "ext4" => Box::new(rootfs::ExtReader::new(image, p.gpt.offset(lba))?),
+        "ext2" | "ext3" | "ext4" => Box::new(rootfs::ExtReader::new(image, p.gpt.offset())?),
         t @ ("xfs" | "btrfs") => Box::new(rootfs::LoopMountReader::new(
             image,
-            p.gpt.offset(lba),
-            p.gpt.size(lba),
+            p.gpt.offset(),
+            p.gpt.size(),
             t,
         )?),
         t => bail!("cannot read files from a {t} filesystem"),
@@ -590,8 +619,7 @@ const ROOT_TYPES: &[&str] = &[
 ];
 
 /// Find the root filesystem (the one with `/etc/os-release`) and apply its fstab.
-fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result<()> {
-    let lba = disk.lba_size;
+fn mounts_from_fstab(image: &Path, parts: &mut [Part]) -> Result<()> {
     let mut order: Vec<usize> = (0..parts.len())
         .filter(|&i| {
             parts[i].fs.as_ref().is_some_and(|f| {
@@ -602,7 +630,7 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
             })
         })
         .collect();
-    order.sort_by_key(|&i| !ROOT_TYPES.contains(&parts[i].gpt.type_guid.as_str()));
+    order.sort_by_key(|&i| !ROOT_TYPES.contains(&parts[i].gpt.type_guid.to_string().as_str()));
     let mut root = None;
     let mut skipped = Vec::new();
     for i in order {
@@ -617,7 +645,7 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
                 None
             })
         };
-        match reader_for(image, lba, &parts[i]).and_then(|r| probe(r.as_ref())) {
+        match reader_for(image, &parts[i]).and_then(|r| probe(r.as_ref())) {
             Ok(Some(fstab)) => {
                 root = Some((i, fstab));
                 break;
@@ -658,8 +686,8 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
             match &dref {
                 fstab::DeviceRef::FsUuid(u) => fs.is_some_and(|f| f.uuid.eq_ignore_ascii_case(u)),
                 fstab::DeviceRef::FsLabel(l) => fs.is_some_and(|f| f.label == *l),
-                fstab::DeviceRef::PartUuid(u) => p.gpt.part_uuid.eq_ignore_ascii_case(u),
-                fstab::DeviceRef::PartLabel(l) => p.gpt.name == *l,
+                fstab::DeviceRef::PartUuid(u) => p.gpt.uuid.to_string().eq_ignore_ascii_case(u),
+                fstab::DeviceRef::PartLabel(l) => p.gpt.label == *l,
                 fstab::DeviceRef::Path(_) => false,
             }
         });
@@ -695,19 +723,17 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
 /// File access to the OS spread over its mounted filesystems.
 struct Readers<'a> {
     image: &'a Path,
-    lba: u64,
     mounted: Vec<&'a Part>,
     open: std::cell::RefCell<std::collections::HashMap<u32, std::rc::Rc<dyn FsReader>>>,
 }
 
 impl<'a> Readers<'a> {
-    fn new(image: &'a Path, lba: u64, parts: &'a [Part]) -> Self {
+    fn new(image: &'a Path, parts: &'a [Part]) -> Self {
         let mut mounted: Vec<&Part> = parts.iter().filter(|p| p.mount.is_some()).collect();
         // Longest mount point first: /var wins over / for /var/lib/dpkg/status.
         mounted.sort_by_key(|p| std::cmp::Reverse(p.mount.as_ref().map_or(0, |m| m.len())));
         Self {
             image,
-            lba,
             mounted,
             open: Default::default(),
         }
@@ -732,7 +758,7 @@ impl<'a> Readers<'a> {
                     r.clone()
                 } else {
                     let r: std::rc::Rc<dyn FsReader> =
-                        std::rc::Rc::from(reader_for(self.image, self.lba, p)?);
+                        std::rc::Rc::from(reader_for(self.image, p)?);
                     open.insert(p.gpt.number, r.clone());
                     r
                 }
@@ -788,7 +814,7 @@ fn name_images(parts: &mut [Part]) {
                 .trim_matches('-')
                 .to_string()
         };
-        let mut base = clean(&p.gpt.name);
+        let mut base = clean(&p.gpt.label);
         if base.is_empty() {
             base = match p.mount.as_deref() {
                 Some("/") => "root".into(),
@@ -1047,14 +1073,15 @@ mod tests {
 
     fn part(n: u32, name: &str, mount: Option<&str>) -> Part {
         Part {
-            gpt: GptPartition {
+            gpt: ExistingPartition {
                 number: n,
-                type_guid: gpt::ESP_TYPE.into(),
-                part_uuid: String::new(),
-                name: name.into(),
+                type_guid: PartitionType::Esp.guid(),
+                uuid: uuid::Uuid::nil(),
+                label: name.into(),
                 first_lba: 0,
                 last_lba: 0,
                 attributes: 0,
+                sector_size: 512,
             },
             fs: Some(FsInfo {
                 fs_type: "ext4".into(),
@@ -1064,6 +1091,74 @@ mod tests {
             mount: mount.map(str::to_string),
             image_path: String::new(),
         }
+    }
+
+    #[test]
+    fn partition_table_in_disk_order_with_typed_errors() {
+        use crate::storage::gpt::tests::{make_gpt, mem_reader};
+        const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+        const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+        let read = |d: &[u8]| read_partition_table("img", d.len() as u64, &mut mem_reader(d));
+        let code = |e: &anyhow::Error| crate::error::find_trident_error(e).unwrap().code;
+
+        let d = make_gpt(
+            512,
+            4096,
+            &[
+                (
+                    LINUX,
+                    "aaaaaaaa-0000-0000-0000-000000000002",
+                    "root",
+                    2048,
+                    3000,
+                ),
+                (
+                    ESP,
+                    "aaaaaaaa-0000-0000-0000-000000000001",
+                    "esp",
+                    100,
+                    2047,
+                ),
+            ],
+        );
+        let (t, primary_len) = read(&d).unwrap();
+        assert_eq!(primary_len, 34 * 512);
+        let order: Vec<_> = t.partitions.iter().map(|p| p.number).collect();
+        assert_eq!(order, [2, 1]);
+
+        let d4k = make_gpt(
+            4096,
+            256,
+            &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 10, 20)],
+        );
+        let (t, primary_len) = read(&d4k).unwrap();
+        assert_eq!((t.sector_size, primary_len), (4096, 6 * 4096));
+
+        let e = read(&vec![0u8; 1 << 20]).unwrap_err();
+        assert_eq!(code(&e), "cosi-build-not-gpt");
+        assert!(format!("{e:#}").contains("no valid GPT"), "{e:#}");
+
+        let mut bad = d.clone();
+        bad[512 + 40] ^= 1;
+        let e = read(&bad).unwrap_err();
+        assert_eq!(code(&e), "cosi-build-not-gpt");
+        assert!(format!("{e:#}").contains("header CRC32"), "{e:#}");
+
+        let mut odd = d.clone();
+        odd.extend_from_slice(&[0u8; 100]);
+        let e = read(&odd).unwrap_err();
+        assert_eq!(code(&e), "cosi-build-not-gpt");
+        assert!(format!("{e:#}").contains("not a multiple"), "{e:#}");
+
+        let overlap = make_gpt(
+            512,
+            4096,
+            &[
+                (LINUX, "aaaaaaaa-0000-0000-0000-000000000001", "a", 100, 200),
+                (LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "b", 200, 300),
+            ],
+        );
+        assert!(format!("{:#}", read(&overlap).unwrap_err()).contains("overlap"));
     }
 
     #[test]
