@@ -2,7 +2,8 @@
 //!
 //! One pass over the disk image, bounded memory, no temporary image files:
 //!
-//! 1. read the primary GPT ([`crate::storage::gpt::read_gpt_image`]), probe each partition's superblock ([`probe`]);
+//! 1. read the primary GPT ([`crate::storage::gpt::read_gpt_image`]), probe each
+//!    partition's superblock ([`crate::storage::mkfs::probe_bytes`]);
 //! 2. decide the mount points: `--mount` selectors, or the image's own `/etc/fstab`
 //!    found on the partition that holds `/etc/os-release` ([`fstab`]);
 //! 3. read `os-release` and the package database from the filesystems in the image
@@ -20,16 +21,15 @@ pub mod esp;
 pub mod fstab;
 pub mod meta;
 pub mod packages;
-pub mod probe;
 pub mod rootfs;
 pub mod tarwrite;
 
 use crate::storage::gpt::{self, ExistingPartition, GptTable, ReadAt};
+use crate::storage::mkfs::{self, FsInfo};
 use crate::storage::parttypes::PartitionType;
 use crate::TridentError;
 use anyhow::{bail, Context, Result};
 use meta::{CosiMetadata, Disk, Filesystem, GptRegion, ImageFile};
-use probe::FsInfo;
 use rootfs::FsReader;
 use sha2::{Digest, Sha384};
 use std::fs::File;
@@ -237,8 +237,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     let mut parts: Vec<Part> = Vec::new();
     for p in &disk.partitions {
         let size = p.size();
-        let head = read_at(p.offset(), (probe::PROBE_LEN as u64).min(size) as usize)?;
-        let fs = probe::probe(&head);
+        let head = read_at(p.offset(), (mkfs::PROBE_LEN as u64).min(size) as usize)?;
+        let fs = mkfs::probe_bytes(&head);
         tracing::debug!(number = p.number, name = %p.label, fs = ?fs, "probed partition");
         parts.push(Part {
             gpt: p.clone(),
