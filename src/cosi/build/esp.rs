@@ -7,8 +7,8 @@
 //! - GRUB: `EFI/*/grub*.efi` (or a shim next to it).
 //! - The architecture from the removable-media loader name `EFI/BOOT/BOOT<ARCH>.EFI`.
 
+use crate::cosi::metadata::{Bootloader, SystemdBootEntry, SystemdBootEntryType};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -75,31 +75,6 @@ impl Write for Region {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// COSI `bootloader`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Bootloader {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub systemd_boot: Option<SystemdBoot>,
-}
-
-/// COSI `bootloader.systemdBoot`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SystemdBoot {
-    pub entries: Vec<SystemdBootEntry>,
-}
-
-/// COSI `bootloader.systemdBoot.entries[]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SystemdBootEntry {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub path: String,
-    pub cmdline: String,
-    pub kernel: String,
 }
 
 /// What the ESP says about the OS.
@@ -221,7 +196,7 @@ pub fn inspect(image: &File, start: u64, len: u64, mount_point: &str) -> Result<
                         .unwrap_or_default()
                 };
                 entries.push(SystemdBootEntry {
-                    kind: "uki-standalone".into(),
+                    kind: SystemdBootEntryType::UkiStandalone,
                     path: format!("{mp}/{path}"),
                     cmdline: sect(".cmdline"),
                     kernel: sect(".uname"),
@@ -230,15 +205,9 @@ pub fn inspect(image: &File, start: u64, len: u64, mount_point: &str) -> Result<
         }
     }
     let bootloader = if has_sdboot && !entries.is_empty() {
-        Bootloader {
-            kind: "systemd-boot".into(),
-            systemd_boot: Some(SystemdBoot { entries }),
-        }
+        Bootloader::SystemdBoot { entries }
     } else if has_grub {
-        Bootloader {
-            kind: "grub".into(),
-            systemd_boot: None,
-        }
+        Bootloader::Grub
     } else if has_sdboot {
         bail!("the ESP has systemd-boot but no boot entries (loader/entries/*.conf or EFI/Linux/*.efi)");
     } else {
@@ -294,7 +263,11 @@ pub fn parse_entry(text: &str, path: &str) -> SystemdBootEntry {
         })
         .unwrap_or_default();
     SystemdBootEntry {
-        kind: if uki { "uki-config" } else { "config" }.into(),
+        kind: if uki {
+            SystemdBootEntryType::UkiConfig
+        } else {
+            SystemdBootEntryType::Config
+        },
         path: path.to_string(),
         cmdline: options.join(" "),
         kernel,
@@ -388,7 +361,7 @@ pub(crate) mod tests {
         assert_eq!(
             e,
             SystemdBootEntry {
-                kind: "config".into(),
+                kind: SystemdBootEntryType::Config,
                 path: "/boot/efi/loader/entries/a.conf".into(),
                 cmdline: "root=UUID=x ro quiet".into(),
                 kernel: "6.1.0-18-amd64".into()
@@ -397,7 +370,7 @@ pub(crate) mod tests {
         let e = parse_entry("linux /vmlinuz-6.6.0\n", "p");
         assert_eq!(e.kernel, "6.6.0");
         let e = parse_entry("uki /EFI/Linux/x.efi\noptions a=b\n", "p");
-        assert_eq!(e.kind, "uki-config");
+        assert_eq!(e.kind, SystemdBootEntryType::UkiConfig);
     }
 
     #[test]
@@ -478,15 +451,16 @@ pub(crate) mod tests {
         ]);
         let found = inspect(&f, start, len, "/boot/efi/").unwrap();
         assert_eq!(found.arch.as_deref(), Some("aarch64"));
-        assert_eq!(found.bootloader.kind, "systemd-boot");
-        let entries = found.bootloader.systemd_boot.unwrap().entries;
+        let Bootloader::SystemdBoot { entries } = found.bootloader else {
+            panic!("not systemd-boot: {:?}", found.bootloader);
+        };
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].path, "/boot/efi/loader/entries/b.conf");
         assert_eq!(entries[0].kernel, "6.1");
         assert_eq!(
             entries[1],
             SystemdBootEntry {
-                kind: "uki-standalone".into(),
+                kind: SystemdBootEntryType::UkiStandalone,
                 path: "/boot/efi/EFI/Linux/os.efi".into(),
                 cmdline: "root=PARTUUID=abc ro".into(),
                 kernel: "6.6.78.1-3.azl3".into()
@@ -505,8 +479,7 @@ pub(crate) mod tests {
             ("EFI/azurelinux/grubx64.efi", b"MZ"),
         ]);
         let found = inspect(&f, start, len, "/boot/efi").unwrap();
-        assert_eq!(found.bootloader.kind, "grub");
-        assert_eq!(found.bootloader.systemd_boot, None);
+        assert_eq!(found.bootloader, Bootloader::Grub);
         assert_eq!(found.arch.as_deref(), Some("x86_64"));
 
         let (_d, f, start, len) = esp_with(&[("EFI/BOOT/BOOTX64.EFI", b"MZ")]);

@@ -19,17 +19,19 @@
 pub mod args;
 pub mod esp;
 pub mod fstab;
-pub mod meta;
 pub mod packages;
 pub mod rootfs;
 pub mod tarwrite;
 
+use crate::cosi::metadata::{
+    Compression, CosiMetadata, Disk, Filesystem, GptRegion, ImageFile, MetadataVersion, OsArch,
+    OsPackage, RegionType,
+};
 use crate::storage::gpt::{self, ExistingPartition, GptTable, ReadAt};
 use crate::storage::mkfs::{self, FsInfo};
 use crate::storage::parttypes::PartitionType;
 use crate::TridentError;
 use anyhow::{bail, Context, Result};
-use meta::{CosiMetadata, Disk, Filesystem, GptRegion, ImageFile};
 use rootfs::FsReader;
 use sha2::{Digest, Sha384};
 use std::fs::File;
@@ -311,8 +313,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     let found = esp::inspect(&image, esp.gpt.offset(), esp.gpt.size(), &esp_mount)
         .with_context(|| format!("detecting the bootloader on partition {}", esp.gpt.number))?;
     let os_arch = forced_arch
-        .or_else(|| found.arch.clone())
-        .unwrap_or_else(|| "x86_64".into());
+        .or_else(|| found.arch.as_deref().and_then(OsArch::parse))
+        .unwrap_or(OsArch::X86_64);
 
     // --- the archive ----------------------------------------------------------------
     name_images(&mut parts);
@@ -320,11 +322,12 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         path: path.to_string(),
         compressed_size: 0,
         uncompressed_size: size,
-        sha384: String::new(),
+        sha384: Some(String::new()),
     };
+    let id = uuid::Uuid::new_v4().to_string();
     let mut md = CosiMetadata {
-        version: meta::COSI_VERSION.into(),
-        id: uuid::Uuid::new_v4().to_string(),
+        version: MetadataVersion::V1_2,
+        id: Some(id.clone()),
         os_arch,
         os_release,
         images: parts
@@ -344,25 +347,37 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
                 }
             })
             .collect(),
-        disk: Disk {
+        disk: Some(Disk {
             size: disk_size,
             kind: "gpt".into(),
-            lba_size: lba,
+            lba_size: lba as u32,
             gpt_regions: std::iter::once(GptRegion {
                 image: placeholder("images/primary-gpt.rawzst", primary_len),
-                kind: "primary-gpt".into(),
+                kind: RegionType::PrimaryGpt,
                 number: None,
+                start_lba: None,
             })
             .chain(parts.iter().map(|p| GptRegion {
                 image: placeholder(&p.image_path, p.gpt.size()),
-                kind: "partition".into(),
+                kind: RegionType::Partition,
                 number: Some(p.gpt.number),
+                start_lba: None,
             }))
             .collect(),
-        },
-        os_packages,
-        bootloader: found.bootloader,
-        compression: meta::Compression { max_window_log: 0 },
+        }),
+        os_packages: Some(
+            os_packages
+                .into_iter()
+                .map(|p| OsPackage {
+                    name: p.name,
+                    version: p.version,
+                    release: Some(p.release),
+                    arch: Some(p.arch),
+                })
+                .collect(),
+        ),
+        bootloader: Some(found.bootloader),
+        compression: Some(Compression { max_window_log: 0 }),
     };
 
     let partial = partial_path(&opts.output);
@@ -374,7 +389,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         .unwrap_or(0);
     let mut tar = tarwrite::TarWriter::new(out, mtime)?;
     tar.append("cosi-marker", b"")?;
-    let md_len = md.max_json_len();
+    let md_len = max_json_len(&md);
     let reservation = tar.reserve("metadata.json", md_len as u64)?;
 
     let total: u64 = primary_len + parts.iter().map(|p| p.gpt.size()).sum::<u64>();
@@ -430,10 +445,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
             .expect("every image in the metadata was written");
         *f = w.clone();
     }
-    md.compression.max_window_log = max_window_log;
-    let json = md
-        .to_padded_json(md_len)
-        .context("metadata.json outgrew its reserved size")?;
+    md.compression = Some(Compression { max_window_log });
+    let json = to_padded_json(&md, md_len).context("metadata.json outgrew its reserved size")?;
     tar.fill(&reservation, &json)?;
     let size = tar.finish()?;
     std::fs::rename(&partial, &opts.output).with_context(|| {
@@ -452,7 +465,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     Ok(BuildSummary {
         output: opts.output.clone(),
         size,
-        id: md.id,
+        id,
         metadata_sha384: hex::encode(Sha384::digest(&json)),
         regions,
     })
@@ -487,6 +500,33 @@ fn read_partition_table(name: &str, size: u64, read_at: &mut ReadAt) -> Result<(
     Ok((table, primary_len))
 }
 
+/// Serialize `md`, pretty-printed, padded with spaces before the final newline to
+/// exactly `len` bytes (JSON allows trailing whitespace). `None` if it does not fit.
+fn to_padded_json(md: &CosiMetadata, len: usize) -> Option<Vec<u8>> {
+    let mut v = serde_json::to_vec_pretty(md).ok()?;
+    if v.len() + 1 > len {
+        return None;
+    }
+    v.resize(len - 1, b' ');
+    v.push(b'\n');
+    Some(v)
+}
+
+/// The largest `md` can serialize to once every image's sizes and hashes are known:
+/// all numbers at their widest, hashes at their fixed width.
+fn max_json_len(md: &CosiMetadata) -> usize {
+    let mut m = md.clone();
+    for f in m.image_files_mut() {
+        f.compressed_size = u64::MAX;
+        f.uncompressed_size = u64::MAX;
+        f.sha384 = Some("f".repeat(96));
+    }
+    m.compression = Some(Compression {
+        max_window_log: u32::MAX,
+    });
+    serde_json::to_vec_pretty(&m).map(|v| v.len()).unwrap_or(0) + 1
+}
+
 fn same_file(a: &Path, b: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     match (std::fs::metadata(a), std::fs::metadata(b)) {
@@ -511,17 +551,12 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn check_arch(a: &str) -> Result<String> {
-    let l = a.to_ascii_lowercase();
-    Ok(match l.as_str() {
-        "x86_64" | "x64" | "amd64" => "x86_64".into(),
-        "aarch64" | "arm64" => "aarch64".into(),
-        _ => {
-            return Err(invalid(
-                "cosi-build-bad-arch",
-                format!("unsupported OS architecture {a:?} (x86_64 or aarch64)"),
-            ))
-        }
+fn check_arch(a: &str) -> Result<OsArch> {
+    OsArch::parse(a).ok_or_else(|| {
+        invalid(
+            "cosi-build-bad-arch",
+            format!("unsupported OS architecture {a:?} (x86_64 or aarch64)"),
+        )
     })
 }
 
@@ -932,7 +967,7 @@ fn compress_region(
             path: name.to_string(),
             compressed_size: hw.len,
             uncompressed_size: len,
-            sha384: hex::encode(hw.hasher.finalize()),
+            sha384: Some(hex::encode(hw.hasher.finalize())),
         },
         window_log,
     ))
@@ -1012,7 +1047,7 @@ mod tests {
         tar.finish().unwrap();
         let raw = std::fs::read(dir.path().join("u")).unwrap();
         let data = &raw[512..512 + f.compressed_size as usize];
-        assert_eq!(hex::encode(Sha384::digest(data)), f.sha384);
+        assert_eq!(Some(hex::encode(Sha384::digest(data))), f.sha384);
         assert_eq!(zstd::decode_all(data).unwrap(), vec![5u8; 9 << 20]);
     }
 
@@ -1219,12 +1254,12 @@ mod tests {
     #[test]
     fn padded_metadata_fits_reservation() {
         let md = CosiMetadata {
-            version: "1.2".into(),
-            id: "x".into(),
-            os_arch: "x86_64".into(),
+            version: MetadataVersion::V1_2,
+            id: Some("x".into()),
+            os_arch: OsArch::X86_64,
             os_release: "ID=x\n".into(),
             images: vec![],
-            disk: Disk {
+            disk: Some(Disk {
                 size: 1,
                 kind: "gpt".into(),
                 lba_size: 512,
@@ -1233,30 +1268,28 @@ mod tests {
                         path: "images/primary-gpt.rawzst".into(),
                         compressed_size: 0,
                         uncompressed_size: 0,
-                        sha384: String::new(),
+                        sha384: Some(String::new()),
                     },
-                    kind: "primary-gpt".into(),
+                    kind: RegionType::PrimaryGpt,
                     number: None,
+                    start_lba: None,
                 }],
-            },
-            os_packages: vec![],
-            bootloader: esp::Bootloader {
-                kind: "grub".into(),
-                systemd_boot: None,
-            },
-            compression: meta::Compression { max_window_log: 0 },
+            }),
+            os_packages: Some(vec![]),
+            bootloader: Some(crate::cosi::metadata::Bootloader::Grub),
+            compression: Some(Compression { max_window_log: 0 }),
         };
-        let cap = md.max_json_len();
+        let cap = max_json_len(&md);
         let mut real = md.clone();
         for f in real.image_files_mut() {
             f.compressed_size = 123;
-            f.sha384 = "a".repeat(96);
+            f.sha384 = Some("a".repeat(96));
         }
-        let json = real.to_padded_json(cap).unwrap();
+        let json = to_padded_json(&real, cap).unwrap();
         assert_eq!(json.len(), cap);
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["disk"]["gptRegions"][0]["image"]["compressedSize"], 123);
         assert_eq!(v["bootloader"]["systemdBoot"], serde_json::Value::Null);
-        assert!(real.to_padded_json(10).is_none());
+        assert!(to_padded_json(&real, 10).is_none());
     }
 }
