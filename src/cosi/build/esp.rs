@@ -1,4 +1,5 @@
-//! Bootloader detection from the ESP, read as FAT in user space (no mount).
+//! Bootloader detection from the ESP, read as FAT in user space (no mount) through
+//! [`crate::boot::esp::FatEsp::open_read_only`].
 //!
 //! - systemd-boot: `EFI/systemd/systemd-boot*.efi`; its entries are the Type #1
 //!   `loader/entries/*.conf` files (`config`, or `uki-config` when they name a UKI with
@@ -7,75 +8,10 @@
 //! - GRUB: `EFI/*/grub*.efi` (or a shim next to it).
 //! - The architecture from the removable-media loader name `EFI/BOOT/BOOT<ARCH>.EFI`.
 
+use crate::boot::esp::{EspFs, FatEsp, FatLocation};
 use crate::cosi::metadata::{Bootloader, SystemdBootEntry, SystemdBootEntryType};
 use anyhow::{bail, Context, Result};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
-
-/// A window of a file seen as a whole device (read-only: writes fail).
-pub struct Region {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Region {
-    pub fn new(file: File, start: u64, len: u64) -> Self {
-        Self {
-            file,
-            start,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Region {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        let got = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Seek for Region {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(o) => Some(o),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(p) if p <= self.len => {
-                self.pos = p;
-                Ok(p)
-            }
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "seek outside the partition",
-            )),
-        }
-    }
-}
-
-impl Write for Region {
-    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "the disk image is opened read-only",
-        ))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use std::path::Path;
 
 /// What the ESP says about the OS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,53 +21,32 @@ pub struct EspFindings {
     pub arch: Option<String>,
 }
 
-type Fs = fatfs::FileSystem<Region>;
-
-fn list(fs: &Fs, dir: &str) -> Result<Vec<(String, bool)>> {
-    let root = fs.root_dir();
-    let d = if dir.is_empty() {
-        root
-    } else {
-        match root.open_dir(dir) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(e).with_context(|| format!("opening ESP directory {dir}")),
-        }
-    };
-    let mut out = Vec::new();
-    for e in d.iter() {
-        let e = e.with_context(|| format!("listing ESP directory {dir}"))?;
-        let name = e.file_name();
-        if name == "." || name == ".." {
-            continue;
-        }
-        out.push((name, e.is_dir()));
+/// Entries of `dir` as (name, is directory), sorted; none when `dir` does not exist.
+fn list(fs: &FatEsp, dir: &str) -> Result<Vec<(String, bool)>> {
+    if !fs.exists(dir)? {
+        return Ok(vec![]);
     }
-    out.sort();
-    Ok(out)
+    Ok(fs
+        .list(dir)?
+        .into_iter()
+        .map(|e| (e.name, e.is_dir))
+        .collect())
 }
 
-fn read(fs: &Fs, path: &str) -> Result<Vec<u8>> {
-    let mut f = fs
-        .root_dir()
-        .open_file(path)
-        .with_context(|| format!("opening ESP file {path}"))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)
-        .with_context(|| format!("reading ESP file {path}"))?;
-    Ok(buf)
+fn read(fs: &FatEsp, path: &str) -> Result<Vec<u8>> {
+    fs.read_file(path)
 }
 
-/// Read the ESP at `[start, start+len)` of `image` and detect the bootloader.
+/// Read the ESP at `[start, start+len)` of the disk image `image` (opened read-only,
+/// through [`FatEsp::open_read_only`]) and detect the bootloader.
 /// `mount_point` (e.g. `/boot/efi`) prefixes the entry paths.
-pub fn inspect(image: &File, start: u64, len: u64, mount_point: &str) -> Result<EspFindings> {
-    let region = Region::new(
-        image.try_clone().context("duplicating the image handle")?,
-        start,
-        len,
-    );
-    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new())
-        .context("opening the ESP's FAT filesystem")?;
+pub fn inspect(image: &Path, start: u64, len: u64, mount_point: &str) -> Result<EspFindings> {
+    let fs = FatEsp::open_read_only(&FatLocation {
+        path: image.to_path_buf(),
+        offset: start,
+        len: Some(len),
+    })
+    .context("opening the ESP's FAT filesystem")?;
     let efi = list(&fs, "EFI")?;
     let ci = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let find_dir = |name: &str| {
@@ -387,11 +302,14 @@ pub(crate) mod tests {
     }
 
     /// Build a FAT image at offset 1 MiB of a file, with the given files.
-    fn esp_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, File, u64, u64) {
+    fn esp_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, std::path::PathBuf, u64, u64) {
         use crate::cmd::Cmd;
         let dir = tempfile::tempdir().unwrap();
         let esp = dir.path().join("esp.img");
-        File::create(&esp).unwrap().set_len(40 << 20).unwrap();
+        std::fs::File::create(&esp)
+            .unwrap()
+            .set_len(40 << 20)
+            .unwrap();
         Cmd::new("mkfs.vfat")
             .args(["-F", "32"])
             .arg(&esp)
@@ -425,8 +343,7 @@ pub(crate) mod tests {
         let mut data = vec![0u8; 1 << 20];
         data.extend(std::fs::read(&esp).unwrap());
         std::fs::write(&disk, &data).unwrap();
-        let f = File::open(&disk).unwrap();
-        (dir, f, 1 << 20, 40 << 20)
+        (dir, disk, 1 << 20, 40 << 20)
     }
 
     #[test]

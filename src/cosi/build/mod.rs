@@ -310,7 +310,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         .mount
         .clone()
         .unwrap_or_else(|| DEFAULT_ESP_MOUNT.into());
-    let found = esp::inspect(&image, esp.gpt.offset(), esp.gpt.size(), &esp_mount)
+    let found = esp::inspect(img_path, esp.gpt.offset(), esp.gpt.size(), &esp_mount)
         .with_context(|| format!("detecting the bootloader on partition {}", esp.gpt.number))?;
     let os_arch = forced_arch
         .or_else(|| found.arch.as_deref().and_then(OsArch::parse))
