@@ -1529,12 +1529,13 @@ pub(crate) mod tests {
         read_gpt_image("mem", d.len() as u64, &mut mem_reader(d))
     }
 
-    const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
-    const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+    pub(crate) const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+    pub(crate) const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
-    #[test]
-    fn image_entries_parse_from_independent_encoding() {
-        let d = make_gpt(
+    /// 512-byte sectors: entry 1 `root` at 2048..=3000, entry 2 `esp` at 100..=2047
+    /// (so entry order is not disk order), no backup GPT.
+    pub(crate) fn root_and_esp_image() -> Vec<u8> {
+        make_gpt(
             512,
             4096,
             &[
@@ -1553,7 +1554,12 @@ pub(crate) mod tests {
                     2047,
                 ),
             ],
-        );
+        )
+    }
+
+    #[test]
+    fn image_entries_parse_from_independent_encoding() {
+        let d = root_and_esp_image();
         let g = read_mem(&d).unwrap();
         let t = &g.table;
         assert_eq!(t.sector_size, 512);

@@ -1130,32 +1130,11 @@ mod tests {
 
     #[test]
     fn partition_table_in_disk_order_with_typed_errors() {
-        use crate::storage::gpt::tests::{make_gpt, mem_reader};
-        const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
-        const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+        use crate::storage::gpt::tests::{make_gpt, mem_reader, root_and_esp_image, LINUX};
         let read = |d: &[u8]| read_partition_table("img", d.len() as u64, &mut mem_reader(d));
         let code = |e: &anyhow::Error| crate::error::find_trident_error(e).unwrap().code;
 
-        let d = make_gpt(
-            512,
-            4096,
-            &[
-                (
-                    LINUX,
-                    "aaaaaaaa-0000-0000-0000-000000000002",
-                    "root",
-                    2048,
-                    3000,
-                ),
-                (
-                    ESP,
-                    "aaaaaaaa-0000-0000-0000-000000000001",
-                    "esp",
-                    100,
-                    2047,
-                ),
-            ],
-        );
+        let d = root_and_esp_image();
         let (t, primary_len) = read(&d).unwrap();
         assert_eq!(primary_len, 34 * 512);
         let order: Vec<_> = t.partitions.iter().map(|p| p.number).collect();
