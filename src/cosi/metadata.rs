@@ -135,6 +135,7 @@ pub struct ImageFile {
     pub compressed_size: u64,
     pub uncompressed_size: u64,
     /// Lowercase hex; optional only in version 1.0.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sha384: Option<String>,
 }
 
@@ -162,7 +163,9 @@ pub struct Filesystem {
 pub struct OsPackage {
     pub name: String,
     pub version: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub release: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
 }
 
@@ -184,11 +187,35 @@ pub struct SystemdBootEntry {
     pub kernel: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "type", rename_all = "kebab-case")]
+/// Serializes as the file format has it: `{"type": "grub"}`, or
+/// `{"type": "systemd-boot", "systemdBoot": {"entries": [...]}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Bootloader {
     Grub,
     SystemdBoot { entries: Vec<SystemdBootEntry> },
+}
+
+impl Serialize for Bootloader {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        #[derive(Serialize)]
+        struct SystemdBoot<'a> {
+            entries: &'a [SystemdBootEntry],
+        }
+        match self {
+            Bootloader::Grub => {
+                let mut st = s.serialize_struct("Bootloader", 1)?;
+                st.serialize_field("type", "grub")?;
+                st.end()
+            }
+            Bootloader::SystemdBoot { entries } => {
+                let mut st = s.serialize_struct("Bootloader", 2)?;
+                st.serialize_field("type", "systemd-boot")?;
+                st.serialize_field("systemdBoot", &SystemdBoot { entries })?;
+                st.end()
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -208,7 +235,9 @@ pub struct GptRegion {
     #[serde(rename = "type")]
     pub kind: RegionType,
     /// 1-based GPT entry index; present for partitions.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub number: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub start_lba: Option<u64>,
 }
 
@@ -229,7 +258,9 @@ pub struct Compression {
     pub max_window_log: u32,
 }
 
-/// A validated `metadata.json`.
+/// A validated `metadata.json`. Serializing it produces the file format (absent
+/// optional fields are omitted, not written as `null`); `trident cosi build` writes its
+/// `metadata.json` through this type.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CosiMetadata {
@@ -238,13 +269,18 @@ pub struct CosiMetadata {
     pub os_release: String,
     pub images: Vec<Filesystem>,
     /// Required since 1.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub os_packages: Option<Vec<OsPackage>>,
     /// Since 1.1.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bootloader: Option<Bootloader>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Since 1.2.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub disk: Option<Disk>,
     /// Since 1.2.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
 }
 
@@ -294,6 +330,18 @@ impl CosiMetadata {
             l.strip_prefix("PRETTY_NAME=")
                 .map(|v| v.trim().trim_matches('"').to_string())
         })
+    }
+
+    /// Every [`ImageFile`] of the document (filesystems, verity hash images, GPT
+    /// regions; one image may appear more than once), mutably.
+    pub fn image_files_mut(&mut self) -> impl Iterator<Item = &mut ImageFile> {
+        let disk = self.disk.iter_mut().flat_map(|d| d.gpt_regions.iter_mut());
+        self.images
+            .iter_mut()
+            .flat_map(|f| {
+                std::iter::once(&mut f.image).chain(f.verity.as_mut().map(|v| &mut v.image))
+            })
+            .chain(disk.map(|r| &mut r.image))
     }
 
     /// Every image member the metadata references (filesystems, verity hash images,
@@ -1355,6 +1403,123 @@ mod tests {
         d["images"][0]["image"]["sha384"] = json!("00");
         d["disk"]["lbaSize"] = json!(1024);
         assert!(errs(&d).len() >= 3);
+    }
+
+    /// Validate `doc` against the COSI 1.2 JSON schema with python3-jsonschema; `false`
+    /// (with a message) when that is not installed.
+    fn schema_valid(doc: &Value) -> bool {
+        use crate::cmd::Cmd;
+        let schema = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/compat/cosi-metadata/cosi-metadata-v1.2.schema.json");
+        if Cmd::new("python3")
+            .args(["-c", "import jsonschema"])
+            .run()
+            .is_err()
+        {
+            eprintln!("skipping the schema check: python3-jsonschema is not installed");
+            return false;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let doc_path = dir.path().join("metadata.json");
+        std::fs::write(&doc_path, serde_json::to_vec(doc).unwrap()).unwrap();
+        let py = "import json,sys,jsonschema\n\
+                  s=json.load(open(sys.argv[1])); d=json.load(open(sys.argv[2]))\n\
+                  errs=list(jsonschema.Draft202012Validator(s).iter_errors(d))\n\
+                  [print(e.json_path, e.message) for e in errs]\n\
+                  sys.exit(1 if errs else 0)\n";
+        let out = Cmd::new("sh")
+            .args(["-c", "python3 -c \"$0\" \"$1\" \"$2\" 2>&1 || true", py])
+            .arg(&schema)
+            .arg(&doc_path)
+            .output_string()
+            .unwrap();
+        assert!(out.trim().is_empty(), "schema errors:\n{out}\n{doc:#}");
+        true
+    }
+
+    #[test]
+    fn serializes_to_the_file_format() {
+        let m = CosiMetadata::from_value(&doc_1_2()).unwrap();
+        let v = serde_json::to_value(&m).unwrap();
+        // Absent optional fields are omitted, not null.
+        let regions = &v["disk"]["gptRegions"];
+        assert_eq!(regions[0].get("number"), None);
+        assert_eq!(regions[0]["startLba"], 0);
+        assert_eq!(regions[1]["number"], 1);
+        assert_eq!(regions[1].get("startLba"), None);
+        assert_eq!(v["bootloader"], json!({"type": "grub"}));
+        assert_eq!(v["osArch"], "x86_64");
+        assert_eq!(v["version"], "1.2");
+        // What it writes reads back as the same metadata.
+        assert_eq!(CosiMetadata::from_value(&v).unwrap(), m);
+        schema_valid(&v);
+
+        let mut sd = doc_1_2();
+        sd["bootloader"] = json!({"type": "systemd-boot", "systemdBoot": {"entries": [
+            {"type": "uki-config", "path": "/boot/efi/loader/entries/a.conf",
+             "cmdline": "ro", "kernel": "6.6"}]}});
+        let m = CosiMetadata::from_value(&sd).unwrap();
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["bootloader"], sd["bootloader"]);
+        assert_eq!(v["bootloader"].get("entries"), None);
+        assert_eq!(CosiMetadata::from_value(&v).unwrap(), m);
+        schema_valid(&v);
+
+        // 1.0: no sha384, no package release/arch: omitted when written.
+        let old = json!({"version": "1.0", "osArch": "x86_64", "osRelease": "",
+            "images": [{"image": {"path": "images/r.rawzst", "compressedSize": 1,
+                "uncompressedSize": 2}, "mountPoint": "/", "fsType": "ext4",
+                "fsUuid": "88d2fa9b-7a32-450a-a9f8-aa9c3de79298", "partType": "linux-generic"}],
+            "osPackages": [{"name": "a", "version": "1"}]});
+        let m = CosiMetadata::from_value(&old).unwrap();
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(v["images"][0]["image"].get("sha384"), None);
+        assert_eq!(v["osPackages"][0], json!({"name": "a", "version": "1"}));
+        for absent in ["bootloader", "id", "disk", "compression"] {
+            assert_eq!(v.get(absent), None, "{absent}");
+        }
+        assert_eq!(CosiMetadata::from_value(&v).unwrap(), m);
+    }
+
+    #[test]
+    fn compat_samples_round_trip_through_serialization() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/compat/cosi-metadata/valid");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let m = CosiMetadata::parse(&std::fs::read(&path).unwrap()).unwrap();
+            let v = serde_json::to_value(&m).unwrap();
+            assert_eq!(
+                CosiMetadata::from_value(&v).unwrap(),
+                m,
+                "{}",
+                path.display()
+            );
+            schema_valid(&v);
+            n += 1;
+        }
+        assert!(n >= 2, "compat samples missing in {}", dir.display());
+    }
+
+    #[test]
+    fn image_files_mut_visits_every_image() {
+        let mut sd = doc_1_2();
+        sd["images"][1]["verity"] =
+            json!({"image": image("images/root-verity.rawzst"), "roothash": "ab"});
+        let mut m = CosiMetadata::from_value(&sd).unwrap();
+        let paths: Vec<String> = m.image_files_mut().map(|f| f.path.clone()).collect();
+        assert_eq!(
+            paths,
+            [
+                "images/esp.rawzst",
+                "images/root.rawzst",
+                "images/root-verity.rawzst",
+                "images/gpt.rawzst",
+                "images/esp.rawzst",
+                "images/root.rawzst"
+            ]
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::error::TridentError;
 use anyhow::{bail, ensure, Context, Result};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use uuid::Uuid;
 
@@ -574,7 +574,7 @@ impl Header {
         let crc = crc32(&copy);
         ensure!(
             crc == u32_at(16),
-            "GPT header CRC mismatch (stored {:08x}, computed {crc:08x})",
+            "GPT header CRC32 mismatch (stored {:08x}, computed {crc:08x})",
             u32_at(16)
         );
         let h = Header {
@@ -786,29 +786,62 @@ pub fn read_gpt(device: &Path) -> Result<Vec<ExistingPartition>> {
 /// Read the whole GPT on `device`, checking CRCs; falls back to the backup header
 /// when the primary one is damaged.
 pub fn read_gpt_table(device: &Path) -> Result<GptTable> {
-    let mut file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
+    let file = File::open(device).with_context(|| format!("opening {}", device.display()))?;
     let lba = file_sector_size(&file, device)?;
     let size = file_size(&file, device)?;
+    let mut read_at = file_reader(&file);
+    read_gpt_table_from(&device.display().to_string(), size, lba, &mut read_at)
+}
+
+/// Reads `len` bytes at byte `offset` of a disk or disk image.
+pub type ReadAt<'a> = dyn FnMut(u64, usize) -> Result<Vec<u8>> + 'a;
+
+/// A [`ReadAt`] over an open file (positional reads, the file offset is untouched).
+pub fn file_reader(file: &File) -> impl FnMut(u64, usize) -> Result<Vec<u8>> + '_ {
+    use std::os::unix::fs::FileExt;
+    move |offset, len| {
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, offset)
+            .with_context(|| format!("reading {len} bytes at offset {offset}"))?;
+        Ok(buf)
+    }
+}
+
+/// [`read_gpt_table`] over any byte source: a disk of `size` bytes with
+/// `sector_size`-byte sectors, read through `read_at`; `name` names it in errors.
+pub fn read_gpt_table_from(
+    name: &str,
+    size: u64,
+    sector_size: u64,
+    read_at: &mut ReadAt,
+) -> Result<GptTable> {
+    Ok(read_table(name, size, sector_size, read_at)?.0)
+}
+
+/// The table, and the primary header when it (and its entries) are intact.
+fn read_table(
+    name: &str,
+    size: u64,
+    lba: u64,
+    read_at: &mut ReadAt,
+) -> Result<(GptTable, Option<Header>)> {
     let total = size / lba;
     if total < 3 {
         return Err(TridentError::environment(
             "no-partition-table",
-            format!("{} is too small to hold a GPT", device.display()),
+            format!("{name} is too small to hold a GPT"),
         )
-        .on_device(device.display().to_string())
+        .on_device(name)
         .into());
     }
 
-    let mut read_at = |lba_index: u64, len: u64| -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len as usize];
-        file.seek(SeekFrom::Start(lba_index * lba))?;
-        file.read_exact(&mut buf)
-            .with_context(|| format!("reading sector {lba_index} of {}", device.display()))?;
-        Ok(buf)
+    let mut read_lba = |lba_index: u64, len: u64| -> Result<Vec<u8>> {
+        read_at(lba_index * lba, len as usize)
+            .with_context(|| format!("reading sector {lba_index} of {name}"))
     };
 
     let mut load = |at: u64| -> Result<(Header, Vec<u8>)> {
-        let h = Header::parse(&read_at(at, lba)?)?;
+        let h = Header::parse(&read_lba(at, lba)?)?;
         ensure!(
             h.current_lba == at,
             "header says it is at sector {}",
@@ -819,11 +852,11 @@ pub fn read_gpt_table(device: &Path) -> Result<GptTable> {
             h.entries_lba + len.div_ceil(lba) <= total,
             "entry array beyond the end of the disk"
         );
-        let entries = read_at(h.entries_lba, len)?;
+        let entries = read_lba(h.entries_lba, len)?;
         let crc = crc32(&entries);
         ensure!(
             crc == h.entries_crc,
-            "partition entry CRC mismatch (stored {:08x}, computed {crc:08x})",
+            "partition entry array CRC32 mismatch (stored {:08x}, computed {crc:08x})",
             h.entries_crc
         );
         Ok((h, entries))
@@ -838,19 +871,16 @@ pub fn read_gpt_table(device: &Path) -> Result<GptTable> {
     let (h, entries) = match (&primary, &backup) {
         (Ok(p), _) => p.clone(),
         (Err(pe), Ok(b)) => {
-            tracing::warn!(device = %device.display(), "primary GPT damaged ({pe:#}); using the backup");
+            tracing::warn!(device = %name, "primary GPT damaged ({pe:#}); using the backup");
             b.clone()
         }
         (Err(pe), Err(be)) => {
             return Err(anyhow::Error::new(
                 TridentError::environment(
                     "no-partition-table",
-                    format!(
-                        "{} has no valid GPT (primary: {pe:#}; backup: {be:#})",
-                        device.display()
-                    ),
+                    format!("{name} has no valid GPT (primary: {pe:#}; backup: {be:#})"),
                 )
-                .on_device(device.display().to_string()),
+                .on_device(name),
             ))
         }
     };
@@ -859,7 +889,7 @@ pub fn read_gpt_table(device: &Path) -> Result<GptTable> {
         .enumerate()
         .filter_map(|(i, e)| parse_entry(i as u32 + 1, e, lba))
         .collect();
-    Ok(GptTable {
+    let table = GptTable {
         disk_guid: h.disk_guid,
         sector_size: lba,
         first_usable: h.first_usable,
@@ -867,7 +897,91 @@ pub fn read_gpt_table(device: &Path) -> Result<GptTable> {
         partitions,
         primary_ok: primary.is_ok(),
         backup_ok: backup.is_ok(),
-    })
+    };
+    Ok((table, primary.ok().map(|(h, _)| h)))
+}
+
+impl GptTable {
+    /// Check that the table describes a sane layout on a disk of `disk_size` bytes:
+    /// the usable range fits the disk, every partition lies inside it, and no two
+    /// partitions overlap.
+    pub fn check_layout(&self, disk_size: u64) -> Result<()> {
+        let total = disk_size / self.sector_size;
+        ensure!(
+            self.first_usable <= self.last_usable && self.last_usable < total,
+            "GPT usable range {}..={} does not fit a disk of {total} sectors",
+            self.first_usable,
+            self.last_usable
+        );
+        for p in &self.partitions {
+            ensure!(
+                p.first_lba <= p.last_lba
+                    && p.first_lba >= self.first_usable
+                    && p.last_lba <= self.last_usable,
+                "GPT partition {} spans sectors {}..={}, outside the usable range {}..={}",
+                p.number,
+                p.first_lba,
+                p.last_lba,
+                self.first_usable,
+                self.last_usable
+            );
+        }
+        let mut by_start: Vec<&ExistingPartition> = self.partitions.iter().collect();
+        by_start.sort_by_key(|p| p.first_lba);
+        for w in by_start.windows(2) {
+            ensure!(
+                w[1].first_lba > w[0].last_lba,
+                "GPT partitions {} and {} overlap",
+                w[0].number,
+                w[1].number
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A GPT read from a disk image whose sector size is not known beforehand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GptImage {
+    pub table: GptTable,
+    /// Bytes from the start of the image through the end of the primary partition
+    /// entry array (protective MBR, header, entries); `None` when the primary copy is
+    /// damaged and the table came from the backup.
+    pub primary_len: Option<u64>,
+}
+
+/// Sector sizes a disk image's GPT is looked for with, in order.
+const IMAGE_SECTOR_SIZES: [u64; 2] = [512, 4096];
+
+/// The logical sector size a disk image's GPT was written for: the first of 512 and
+/// 4096 with a GPT signature at sector 1, else in the last sector; 512 when neither.
+pub fn detect_sector_size(size: u64, read_at: &mut ReadAt) -> Result<u64> {
+    for last in [false, true] {
+        for lba in IMAGE_SECTOR_SIZES {
+            if size < 3 * lba {
+                continue;
+            }
+            let at = if last { (size / lba - 1) * lba } else { lba };
+            if read_at(at, SIGNATURE.len())? == SIGNATURE {
+                return Ok(lba);
+            }
+        }
+    }
+    Ok(512)
+}
+
+/// Read the GPT of a disk image of `size` bytes through `read_at`, detecting its
+/// sector size ([`detect_sector_size`]); falls back to the backup like
+/// [`read_gpt_table`].
+pub fn read_gpt_image(name: &str, size: u64, read_at: &mut ReadAt) -> Result<GptImage> {
+    let lba = detect_sector_size(size, read_at)
+        .with_context(|| format!("looking for a GPT signature in {name}"))?;
+    let (table, primary) = read_table(name, size, lba, read_at)?;
+    let primary_len = primary.map(|h| {
+        let entry_bytes = u64::from(h.entry_count) * u64::from(h.entry_size);
+        (h.entries_lba + entry_bytes.div_ceil(lba)) * lba
+    });
+    Ok(GptImage { table, primary_len })
 }
 
 /// Destroy the GPT on `device` (both headers and the protective MBR), e.g. before a
@@ -893,7 +1007,7 @@ pub fn wipe_gpt(device: &Path) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::storage::parttypes::PartitionType;
 
@@ -1342,5 +1456,239 @@ mod tests {
         placed[1].last_lba = 100 * 2048;
         let e = write_gpt(f.path(), &placed).unwrap_err();
         assert!(format!("{e:#}").contains("outside the usable"), "{e:#}");
+    }
+
+    // --- disk images in memory, encoded independently of the writer above --------
+
+    pub(crate) fn guid_bytes(s: &str) -> [u8; 16] {
+        let hexs: String = s.chars().filter(|c| *c != '-').collect();
+        let raw: Vec<u8> = (0..16)
+            .map(|i| u8::from_str_radix(&hexs[2 * i..2 * i + 2], 16).unwrap())
+            .collect();
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&[raw[3], raw[2], raw[1], raw[0]]);
+        b[4..6].copy_from_slice(&[raw[5], raw[4]]);
+        b[6..8].copy_from_slice(&[raw[7], raw[6]]);
+        b[8..].copy_from_slice(&raw[8..]);
+        b
+    }
+
+    /// A disk image in memory with only a primary GPT (no backup):
+    /// (type, uuid, name, first, last) per entry.
+    pub(crate) fn make_gpt(
+        lba: usize,
+        lbas: usize,
+        parts: &[(&str, &str, &str, u64, u64)],
+    ) -> Vec<u8> {
+        let mut d = vec![0u8; lba * lbas];
+        d[510] = 0x55;
+        d[511] = 0xAA;
+        let mut arr = vec![0u8; 128 * 128];
+        for (i, (t, u, n, f, l)) in parts.iter().enumerate() {
+            let e = &mut arr[i * 128..(i + 1) * 128];
+            e[..16].copy_from_slice(&guid_bytes(t));
+            e[16..32].copy_from_slice(&guid_bytes(u));
+            e[32..40].copy_from_slice(&f.to_le_bytes());
+            e[40..48].copy_from_slice(&l.to_le_bytes());
+            for (k, u) in n.encode_utf16().enumerate() {
+                e[56 + 2 * k..58 + 2 * k].copy_from_slice(&u.to_le_bytes());
+            }
+        }
+        let entries_lba = 2u64;
+        d[entries_lba as usize * lba..entries_lba as usize * lba + arr.len()].copy_from_slice(&arr);
+        let mut h = vec![0u8; 92];
+        h[..8].copy_from_slice(b"EFI PART");
+        h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
+        h[12..16].copy_from_slice(&92u32.to_le_bytes());
+        h[24..32].copy_from_slice(&1u64.to_le_bytes());
+        h[32..40].copy_from_slice(&(lbas as u64 - 1).to_le_bytes());
+        let first_usable = entries_lba + (arr.len() / lba) as u64;
+        h[40..48].copy_from_slice(&first_usable.to_le_bytes());
+        h[48..56].copy_from_slice(&(lbas as u64 - 34).to_le_bytes());
+        h[56..72].copy_from_slice(&guid_bytes("11111111-2222-3333-4444-555555555555"));
+        h[72..80].copy_from_slice(&entries_lba.to_le_bytes());
+        h[80..84].copy_from_slice(&128u32.to_le_bytes());
+        h[84..88].copy_from_slice(&128u32.to_le_bytes());
+        h[88..92].copy_from_slice(&crc32(&arr).to_le_bytes());
+        let c = crc32(&h);
+        h[16..20].copy_from_slice(&c.to_le_bytes());
+        d[lba..lba + 92].copy_from_slice(&h);
+        d
+    }
+
+    /// A [`ReadAt`] over bytes in memory.
+    pub(crate) fn mem_reader(d: &[u8]) -> impl FnMut(u64, usize) -> Result<Vec<u8>> + '_ {
+        |o, l| {
+            let o = o as usize;
+            ensure!(o + l <= d.len(), "read past the end");
+            Ok(d[o..o + l].to_vec())
+        }
+    }
+
+    fn read_mem(d: &[u8]) -> Result<GptImage> {
+        read_gpt_image("mem", d.len() as u64, &mut mem_reader(d))
+    }
+
+    pub(crate) const LINUX: &str = "0fc63daf-8483-4772-8e79-3d69d8477de4";
+    pub(crate) const ESP: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
+
+    /// 512-byte sectors: entry 1 `root` at 2048..=3000, entry 2 `esp` at 100..=2047
+    /// (so entry order is not disk order), no backup GPT.
+    pub(crate) fn root_and_esp_image() -> Vec<u8> {
+        make_gpt(
+            512,
+            4096,
+            &[
+                (
+                    LINUX,
+                    "aaaaaaaa-0000-0000-0000-000000000002",
+                    "root",
+                    2048,
+                    3000,
+                ),
+                (
+                    ESP,
+                    "AAAAAAAA-0000-0000-0000-000000000001",
+                    "esp",
+                    100,
+                    2047,
+                ),
+            ],
+        )
+    }
+
+    #[test]
+    fn image_entries_parse_from_independent_encoding() {
+        let d = root_and_esp_image();
+        let g = read_mem(&d).unwrap();
+        let t = &g.table;
+        assert_eq!(t.sector_size, 512);
+        assert!(t.primary_ok && !t.backup_ok);
+        assert_eq!(
+            t.disk_guid.to_string(),
+            "11111111-2222-3333-4444-555555555555"
+        );
+        assert_eq!(t.partitions.len(), 2);
+        assert_eq!(t.partitions[1].number, 2);
+        assert_eq!(t.partitions[1].label, "esp");
+        assert_eq!(t.partitions[1].type_guid, PartitionType::Esp.guid());
+        assert_eq!(
+            t.partitions[1].uuid.to_string(),
+            "aaaaaaaa-0000-0000-0000-000000000001"
+        );
+        assert_eq!(t.partitions[0].number, 1);
+        assert_eq!(t.partitions[0].label, "root");
+        assert_eq!(t.partitions[0].size(), (3000 - 2048 + 1) * 512);
+        assert_eq!(t.partitions[1].offset(), 100 * 512);
+        assert_eq!(g.primary_len, Some(34 * 512));
+        t.check_layout(d.len() as u64).unwrap();
+    }
+
+    #[test]
+    fn image_with_4k_sectors() {
+        let d = make_gpt(
+            4096,
+            256,
+            &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 10, 20)],
+        );
+        let g = read_mem(&d).unwrap();
+        assert_eq!(g.table.sector_size, 4096);
+        assert_eq!(g.primary_len, Some(6 * 4096));
+        assert_eq!(g.table.partitions[0].offset(), 10 * 4096);
+        assert_eq!(g.table.partitions[0].size(), 11 * 4096);
+    }
+
+    #[test]
+    fn image_sector_size_from_the_backup_when_the_primary_is_gone() {
+        // Written by our writer (512-byte sectors, both copies), primary wiped.
+        let f = tempfile::NamedTempFile::new().unwrap();
+        f.as_file().set_len(64 * MIB).unwrap();
+        let plan = DiskPlan {
+            partitions: vec![part("a", PartSize::Grow)],
+            adopted: vec![],
+        };
+        let placed = plan_layout(64 * MIB, 512, &plan, None).unwrap();
+        write_gpt(f.path(), &placed).unwrap();
+        let mut d = std::fs::read(f.path()).unwrap();
+        d[512..1024].fill(0);
+        assert_eq!(
+            detect_sector_size(d.len() as u64, &mut mem_reader(&d)).unwrap(),
+            512
+        );
+        let g = read_mem(&d).unwrap();
+        assert_eq!(g.primary_len, None);
+        assert!(!g.table.primary_ok && g.table.backup_ok);
+        assert_eq!(g.table.partitions, vec![placed[0].to_entry()]);
+        // Same table through the file reader.
+        let file = File::open(f.path()).unwrap();
+        let t = read_gpt_table_from("f", 64 * MIB, 512, &mut file_reader(&file)).unwrap();
+        assert_eq!(t.partitions, vec![placed[0].to_entry()]);
+    }
+
+    #[test]
+    fn image_without_gpt_or_with_corruption_is_refused() {
+        let zero = vec![0u8; 1 << 20];
+        let e = read_mem(&zero).unwrap_err();
+        assert_eq!(
+            crate::error::find_trident_error(&e).unwrap().code,
+            "no-partition-table"
+        );
+        assert!(format!("{e:#}").contains("no valid GPT"), "{e:#}");
+        let e = read_mem(&[0u8; 1024]).unwrap_err();
+        assert!(format!("{e:#}").contains("too small"), "{e:#}");
+        let mut d = make_gpt(
+            512,
+            4096,
+            &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 100, 200)],
+        );
+        d[1024 + 56] ^= 1; // first entry's name: entry array CRC now wrong
+        let msg = format!("{:#}", read_mem(&d).unwrap_err());
+        assert!(msg.contains("entry array CRC32"), "{msg}");
+        let mut d = make_gpt(
+            512,
+            4096,
+            &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 100, 200)],
+        );
+        d[512 + 40] ^= 1; // header field: header CRC now wrong
+        let msg = format!("{:#}", read_mem(&d).unwrap_err());
+        assert!(msg.contains("header CRC32"), "{msg}");
+        // A failing read is reported, not taken for a missing table.
+        let mut failing = |_: u64, _: usize| -> Result<Vec<u8>> { bail!("I/O error") };
+        let e = read_gpt_image("x", 1 << 20, &mut failing).unwrap_err();
+        assert!(format!("{e:#}").contains("I/O error"), "{e:#}");
+    }
+
+    #[test]
+    fn check_layout_refuses_overlap_and_out_of_range() {
+        let d = make_gpt(
+            512,
+            4096,
+            &[
+                (LINUX, "aaaaaaaa-0000-0000-0000-000000000001", "a", 100, 200),
+                (LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "b", 200, 300),
+            ],
+        );
+        let t = read_mem(&d).unwrap().table;
+        let msg = format!("{:#}", t.check_layout(d.len() as u64).unwrap_err());
+        assert!(msg.contains("overlap"), "{msg}");
+        let d = make_gpt(
+            512,
+            4096,
+            &[(
+                LINUX,
+                "aaaaaaaa-0000-0000-0000-000000000001",
+                "a",
+                100,
+                5000,
+            )],
+        );
+        let t = read_mem(&d).unwrap().table;
+        let msg = format!("{:#}", t.check_layout(d.len() as u64).unwrap_err());
+        assert!(msg.contains("outside"), "{msg}");
+        // The usable range must fit the disk.
+        let d = make_gpt(512, 4096, &[]);
+        let t = read_mem(&d).unwrap().table;
+        assert!(t.check_layout(d.len() as u64).is_ok());
+        assert!(t.check_layout(2048 * 512).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Bootloader detection from the ESP, read as FAT in user space (no mount).
+//! Bootloader detection from the ESP, read as FAT in user space (no mount) through
+//! [`crate::boot::esp::FatEsp::open_read_only`].
 //!
 //! - systemd-boot: `EFI/systemd/systemd-boot*.efi`; its entries are the Type #1
 //!   `loader/entries/*.conf` files (`config`, or `uki-config` when they name a UKI with
@@ -7,100 +8,10 @@
 //! - GRUB: `EFI/*/grub*.efi` (or a shim next to it).
 //! - The architecture from the removable-media loader name `EFI/BOOT/BOOT<ARCH>.EFI`.
 
+use crate::boot::esp::{EspFs, FatEsp, FatLocation};
+use crate::cosi::metadata::{Bootloader, SystemdBootEntry, SystemdBootEntryType};
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
-
-/// A window of a file seen as a whole device (read-only: writes fail).
-pub struct Region {
-    file: File,
-    start: u64,
-    len: u64,
-    pos: u64,
-}
-
-impl Region {
-    pub fn new(file: File, start: u64, len: u64) -> Self {
-        Self {
-            file,
-            start,
-            len,
-            pos: 0,
-        }
-    }
-}
-
-impl Read for Region {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let left = self.len.saturating_sub(self.pos);
-        let n = (buf.len() as u64).min(left) as usize;
-        if n == 0 {
-            return Ok(0);
-        }
-        let got = self.file.read_at(&mut buf[..n], self.start + self.pos)?;
-        self.pos += got as u64;
-        Ok(got)
-    }
-}
-
-impl Seek for Region {
-    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
-        let new = match to {
-            SeekFrom::Start(o) => Some(o),
-            SeekFrom::End(d) => self.len.checked_add_signed(d),
-            SeekFrom::Current(d) => self.pos.checked_add_signed(d),
-        };
-        match new {
-            Some(p) if p <= self.len => {
-                self.pos = p;
-                Ok(p)
-            }
-            _ => Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "seek outside the partition",
-            )),
-        }
-    }
-}
-
-impl Write for Region {
-    fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
-        Err(std::io::Error::new(
-            std::io::ErrorKind::PermissionDenied,
-            "the disk image is opened read-only",
-        ))
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// COSI `bootloader`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Bootloader {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub systemd_boot: Option<SystemdBoot>,
-}
-
-/// COSI `bootloader.systemdBoot`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SystemdBoot {
-    pub entries: Vec<SystemdBootEntry>,
-}
-
-/// COSI `bootloader.systemdBoot.entries[]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SystemdBootEntry {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub path: String,
-    pub cmdline: String,
-    pub kernel: String,
-}
+use std::path::Path;
 
 /// What the ESP says about the OS.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,53 +21,32 @@ pub struct EspFindings {
     pub arch: Option<String>,
 }
 
-type Fs = fatfs::FileSystem<Region>;
-
-fn list(fs: &Fs, dir: &str) -> Result<Vec<(String, bool)>> {
-    let root = fs.root_dir();
-    let d = if dir.is_empty() {
-        root
-    } else {
-        match root.open_dir(dir) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(e).with_context(|| format!("opening ESP directory {dir}")),
-        }
-    };
-    let mut out = Vec::new();
-    for e in d.iter() {
-        let e = e.with_context(|| format!("listing ESP directory {dir}"))?;
-        let name = e.file_name();
-        if name == "." || name == ".." {
-            continue;
-        }
-        out.push((name, e.is_dir()));
+/// Entries of `dir` as (name, is directory), sorted; none when `dir` does not exist.
+fn list(fs: &FatEsp, dir: &str) -> Result<Vec<(String, bool)>> {
+    if !fs.exists(dir)? {
+        return Ok(vec![]);
     }
-    out.sort();
-    Ok(out)
+    Ok(fs
+        .list(dir)?
+        .into_iter()
+        .map(|e| (e.name, e.is_dir))
+        .collect())
 }
 
-fn read(fs: &Fs, path: &str) -> Result<Vec<u8>> {
-    let mut f = fs
-        .root_dir()
-        .open_file(path)
-        .with_context(|| format!("opening ESP file {path}"))?;
-    let mut buf = Vec::new();
-    f.read_to_end(&mut buf)
-        .with_context(|| format!("reading ESP file {path}"))?;
-    Ok(buf)
+fn read(fs: &FatEsp, path: &str) -> Result<Vec<u8>> {
+    fs.read_file(path)
 }
 
-/// Read the ESP at `[start, start+len)` of `image` and detect the bootloader.
+/// Read the ESP at `[start, start+len)` of the disk image `image` (opened read-only,
+/// through [`FatEsp::open_read_only`]) and detect the bootloader.
 /// `mount_point` (e.g. `/boot/efi`) prefixes the entry paths.
-pub fn inspect(image: &File, start: u64, len: u64, mount_point: &str) -> Result<EspFindings> {
-    let region = Region::new(
-        image.try_clone().context("duplicating the image handle")?,
-        start,
-        len,
-    );
-    let fs = fatfs::FileSystem::new(region, fatfs::FsOptions::new())
-        .context("opening the ESP's FAT filesystem")?;
+pub fn inspect(image: &Path, start: u64, len: u64, mount_point: &str) -> Result<EspFindings> {
+    let fs = FatEsp::open_read_only(&FatLocation {
+        path: image.to_path_buf(),
+        offset: start,
+        len: Some(len),
+    })
+    .context("opening the ESP's FAT filesystem")?;
     let efi = list(&fs, "EFI")?;
     let ci = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
     let find_dir = |name: &str| {
@@ -221,7 +111,7 @@ pub fn inspect(image: &File, start: u64, len: u64, mount_point: &str) -> Result<
                         .unwrap_or_default()
                 };
                 entries.push(SystemdBootEntry {
-                    kind: "uki-standalone".into(),
+                    kind: SystemdBootEntryType::UkiStandalone,
                     path: format!("{mp}/{path}"),
                     cmdline: sect(".cmdline"),
                     kernel: sect(".uname"),
@@ -230,15 +120,9 @@ pub fn inspect(image: &File, start: u64, len: u64, mount_point: &str) -> Result<
         }
     }
     let bootloader = if has_sdboot && !entries.is_empty() {
-        Bootloader {
-            kind: "systemd-boot".into(),
-            systemd_boot: Some(SystemdBoot { entries }),
-        }
+        Bootloader::SystemdBoot { entries }
     } else if has_grub {
-        Bootloader {
-            kind: "grub".into(),
-            systemd_boot: None,
-        }
+        Bootloader::Grub
     } else if has_sdboot {
         bail!("the ESP has systemd-boot but no boot entries (loader/entries/*.conf or EFI/Linux/*.efi)");
     } else {
@@ -294,7 +178,11 @@ pub fn parse_entry(text: &str, path: &str) -> SystemdBootEntry {
         })
         .unwrap_or_default();
     SystemdBootEntry {
-        kind: if uki { "uki-config" } else { "config" }.into(),
+        kind: if uki {
+            SystemdBootEntryType::UkiConfig
+        } else {
+            SystemdBootEntryType::Config
+        },
         path: path.to_string(),
         cmdline: options.join(" "),
         kernel,
@@ -388,7 +276,7 @@ pub(crate) mod tests {
         assert_eq!(
             e,
             SystemdBootEntry {
-                kind: "config".into(),
+                kind: SystemdBootEntryType::Config,
                 path: "/boot/efi/loader/entries/a.conf".into(),
                 cmdline: "root=UUID=x ro quiet".into(),
                 kernel: "6.1.0-18-amd64".into()
@@ -397,7 +285,7 @@ pub(crate) mod tests {
         let e = parse_entry("linux /vmlinuz-6.6.0\n", "p");
         assert_eq!(e.kernel, "6.6.0");
         let e = parse_entry("uki /EFI/Linux/x.efi\noptions a=b\n", "p");
-        assert_eq!(e.kind, "uki-config");
+        assert_eq!(e.kind, SystemdBootEntryType::UkiConfig);
     }
 
     #[test]
@@ -414,11 +302,14 @@ pub(crate) mod tests {
     }
 
     /// Build a FAT image at offset 1 MiB of a file, with the given files.
-    fn esp_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, File, u64, u64) {
+    fn esp_with(files: &[(&str, &[u8])]) -> (tempfile::TempDir, std::path::PathBuf, u64, u64) {
         use crate::cmd::Cmd;
         let dir = tempfile::tempdir().unwrap();
         let esp = dir.path().join("esp.img");
-        File::create(&esp).unwrap().set_len(40 << 20).unwrap();
+        std::fs::File::create(&esp)
+            .unwrap()
+            .set_len(40 << 20)
+            .unwrap();
         Cmd::new("mkfs.vfat")
             .args(["-F", "32"])
             .arg(&esp)
@@ -452,8 +343,7 @@ pub(crate) mod tests {
         let mut data = vec![0u8; 1 << 20];
         data.extend(std::fs::read(&esp).unwrap());
         std::fs::write(&disk, &data).unwrap();
-        let f = File::open(&disk).unwrap();
-        (dir, f, 1 << 20, 40 << 20)
+        (dir, disk, 1 << 20, 40 << 20)
     }
 
     #[test]
@@ -478,15 +368,16 @@ pub(crate) mod tests {
         ]);
         let found = inspect(&f, start, len, "/boot/efi/").unwrap();
         assert_eq!(found.arch.as_deref(), Some("aarch64"));
-        assert_eq!(found.bootloader.kind, "systemd-boot");
-        let entries = found.bootloader.systemd_boot.unwrap().entries;
+        let Bootloader::SystemdBoot { entries } = found.bootloader else {
+            panic!("not systemd-boot: {:?}", found.bootloader);
+        };
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[0].path, "/boot/efi/loader/entries/b.conf");
         assert_eq!(entries[0].kernel, "6.1");
         assert_eq!(
             entries[1],
             SystemdBootEntry {
-                kind: "uki-standalone".into(),
+                kind: SystemdBootEntryType::UkiStandalone,
                 path: "/boot/efi/EFI/Linux/os.efi".into(),
                 cmdline: "root=PARTUUID=abc ro".into(),
                 kernel: "6.6.78.1-3.azl3".into()
@@ -505,8 +396,7 @@ pub(crate) mod tests {
             ("EFI/azurelinux/grubx64.efi", b"MZ"),
         ]);
         let found = inspect(&f, start, len, "/boot/efi").unwrap();
-        assert_eq!(found.bootloader.kind, "grub");
-        assert_eq!(found.bootloader.systemd_boot, None);
+        assert_eq!(found.bootloader, Bootloader::Grub);
         assert_eq!(found.arch.as_deref(), Some("x86_64"));
 
         let (_d, f, start, len) = esp_with(&[("EFI/BOOT/BOOTX64.EFI", b"MZ")]);

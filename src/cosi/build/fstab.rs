@@ -29,13 +29,18 @@ fn unescape(s: &str) -> String {
             && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+            let v = u32::from(b[i + 1] - b'0') * 64
+                + u32::from(b[i + 2] - b'0') * 8
+                + u32::from(b[i + 3] - b'0');
+            // `\400`..`\777` are not bytes: kept literally.
+            if let Ok(byte) = u8::try_from(v) {
+                out.push(byte);
+                i += 4;
+                continue;
+            }
         }
+        out.push(b[i]);
+        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -136,5 +141,11 @@ mod tests {
             Some(DeviceRef::FsLabel("a/b".into()))
         );
         assert_eq!(device_ref("server:/export"), None);
+    }
+
+    #[test]
+    fn out_of_range_octal_escape_is_kept_literally() {
+        let e = parse("UUID=a /x\\777y\\011z ext4\n");
+        assert_eq!(e[0].mount_point, "/x\\777y\tz");
     }
 }

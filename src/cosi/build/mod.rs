@@ -2,7 +2,8 @@
 //!
 //! One pass over the disk image, bounded memory, no temporary image files:
 //!
-//! 1. parse the primary GPT ([`gpt`]), probe each partition's superblock ([`probe`]);
+//! 1. read the primary GPT ([`crate::storage::gpt::read_gpt_image`]), probe each
+//!    partition's superblock ([`crate::storage::mkfs::probe_bytes`]);
 //! 2. decide the mount points: `--mount` selectors, or the image's own `/etc/fstab`
 //!    found on the partition that holds `/etc/os-release` ([`fstab`]);
 //! 3. read `os-release` and the package database from the filesystems in the image
@@ -18,18 +19,19 @@
 pub mod args;
 pub mod esp;
 pub mod fstab;
-pub mod gpt;
-pub mod meta;
 pub mod packages;
-pub mod probe;
 pub mod rootfs;
 pub mod tarwrite;
 
+use crate::cosi::metadata::{
+    Compression, CosiMetadata, Disk, Filesystem, GptRegion, ImageFile, MetadataVersion, OsArch,
+    OsPackage, RegionType,
+};
+use crate::storage::gpt::{self, ExistingPartition, GptTable, ReadAt};
+use crate::storage::mkfs::{self, FsInfo};
+use crate::storage::parttypes::PartitionType;
 use crate::TridentError;
 use anyhow::{bail, Context, Result};
-use gpt::{GptDisk, GptPartition};
-use meta::{CosiMetadata, Disk, Filesystem, GptRegion, ImageFile};
-use probe::FsInfo;
 use rootfs::FsReader;
 use sha2::{Digest, Sha384};
 use std::fs::File;
@@ -165,7 +167,7 @@ pub struct BuildSummary {
 /// A partition and what its superblock says.
 #[derive(Debug, Clone)]
 struct Part {
-    gpt: GptPartition,
+    gpt: ExistingPartition,
     fs: Option<FsInfo>,
     mount: Option<String>,
     image_path: String,
@@ -214,28 +216,32 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
             .with_context(|| format!("reading {len} bytes at offset {off} of the disk image"))?;
         Ok(b)
     };
-    let disk = gpt::parse(disk_size, &read_at)
-        .with_context(|| format!("reading the partition table of {}", img_path.display()))?;
+    let (disk, primary_len) = read_partition_table(
+        &img_path.display().to_string(),
+        disk_size,
+        &mut |off, len| read_at(off, len),
+    )
+    .with_context(|| format!("reading the partition table of {}", img_path.display()))?;
     if disk.partitions.is_empty() {
         return Err(invalid(
             "cosi-build-no-partitions",
             "the disk image's GPT has no partitions".into(),
         ));
     }
-    let lba = disk.lba_size;
-    if disk.primary_region_len() > disk.partitions[0].offset(lba) {
+    let lba = disk.sector_size;
+    if primary_len > disk.partitions[0].offset() {
         bail!(
             "partition {} starts inside the primary GPT (which ends at byte {})",
             disk.partitions[0].number,
-            disk.primary_region_len()
+            primary_len
         );
     }
     let mut parts: Vec<Part> = Vec::new();
     for p in &disk.partitions {
-        let size = p.size(lba);
-        let head = read_at(p.offset(lba), (probe::PROBE_LEN as u64).min(size) as usize)?;
-        let fs = probe::probe(&head);
-        tracing::debug!(number = p.number, name = %p.name, fs = ?fs, "probed partition");
+        let size = p.size();
+        let head = read_at(p.offset(), (mkfs::PROBE_LEN as u64).min(size) as usize)?;
+        let fs = mkfs::probe_bytes(&head);
+        tracing::debug!(number = p.number, name = %p.label, fs = ?fs, "probed partition");
         parts.push(Part {
             gpt: p.clone(),
             fs,
@@ -246,7 +252,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
 
     // --- mount points ---------------------------------------------------------------
     if opts.mounts.is_empty() {
-        mounts_from_fstab(img_path, &disk, &mut parts)?;
+        mounts_from_fstab(img_path, &mut parts)?;
     } else {
         for (sel, mp) in &opts.mounts {
             let mp = normalize_mount(mp);
@@ -271,7 +277,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     check_mounts(&parts)?;
 
     // --- what the OS is -------------------------------------------------------------
-    let readers = Readers::new(img_path, lba, &parts);
+    let readers = Readers::new(img_path, &parts);
     let os_release = match readers.read("/etc/os-release")? {
         Some(b) => b,
         None => readers.read("/usr/lib/os-release")?.ok_or_else(|| {
@@ -286,7 +292,7 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
 
     let esp_idx = parts
         .iter()
-        .position(|p| p.gpt.type_guid == gpt::ESP_TYPE)
+        .position(|p| p.gpt.type_guid == PartitionType::Esp.guid())
         .or_else(|| {
             parts.iter().position(|p| {
                 p.fs.as_ref().is_some_and(|f| f.fs_type == "vfat")
@@ -304,11 +310,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         .mount
         .clone()
         .unwrap_or_else(|| DEFAULT_ESP_MOUNT.into());
-    let found = esp::inspect(&image, esp.gpt.offset(lba), esp.gpt.size(lba), &esp_mount)
+    let found = esp::inspect(img_path, esp.gpt.offset(), esp.gpt.size(), &esp_mount)
         .with_context(|| format!("detecting the bootloader on partition {}", esp.gpt.number))?;
     let os_arch = forced_arch
-        .or_else(|| found.arch.clone())
-        .unwrap_or_else(|| "x86_64".into());
+        .or_else(|| found.arch.as_deref().and_then(OsArch::parse))
+        .unwrap_or(OsArch::X86_64);
 
     // --- the archive ----------------------------------------------------------------
     name_images(&mut parts);
@@ -316,12 +322,12 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         path: path.to_string(),
         compressed_size: 0,
         uncompressed_size: size,
-        sha384: String::new(),
+        sha384: Some(String::new()),
     };
-    let primary_len = disk.primary_region_len();
+    let id = uuid::Uuid::new_v4().to_string();
     let mut md = CosiMetadata {
-        version: meta::COSI_VERSION.into(),
-        id: uuid::Uuid::new_v4().to_string(),
+        version: MetadataVersion::V1_2,
+        id: Some(id.clone()),
         os_arch,
         os_release,
         images: parts
@@ -332,34 +338,46 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
                     p.fs.as_ref()
                         .expect("checked: mounted partitions have a filesystem");
                 Filesystem {
-                    image: placeholder(&p.image_path, p.gpt.size(lba)),
+                    image: placeholder(&p.image_path, p.gpt.size()),
                     mount_point: p.mount.clone().unwrap_or_default(),
                     fs_type: fs.fs_type.clone(),
                     fs_uuid: fs.uuid.clone(),
-                    part_type: p.gpt.type_guid.clone(),
+                    part_type: p.gpt.type_guid.to_string(),
                     verity: None,
                 }
             })
             .collect(),
-        disk: Disk {
+        disk: Some(Disk {
             size: disk_size,
             kind: "gpt".into(),
-            lba_size: lba,
+            lba_size: lba as u32,
             gpt_regions: std::iter::once(GptRegion {
                 image: placeholder("images/primary-gpt.rawzst", primary_len),
-                kind: "primary-gpt".into(),
+                kind: RegionType::PrimaryGpt,
                 number: None,
+                start_lba: None,
             })
             .chain(parts.iter().map(|p| GptRegion {
-                image: placeholder(&p.image_path, p.gpt.size(lba)),
-                kind: "partition".into(),
+                image: placeholder(&p.image_path, p.gpt.size()),
+                kind: RegionType::Partition,
                 number: Some(p.gpt.number),
+                start_lba: None,
             }))
             .collect(),
-        },
-        os_packages,
-        bootloader: found.bootloader,
-        compression: meta::Compression { max_window_log: 0 },
+        }),
+        os_packages: Some(
+            os_packages
+                .into_iter()
+                .map(|p| OsPackage {
+                    name: p.name,
+                    version: p.version,
+                    release: Some(p.release),
+                    arch: Some(p.arch),
+                })
+                .collect(),
+        ),
+        bootloader: Some(found.bootloader),
+        compression: Some(Compression { max_window_log: 0 }),
     };
 
     let partial = partial_path(&opts.output);
@@ -371,10 +389,10 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
         .unwrap_or(0);
     let mut tar = tarwrite::TarWriter::new(out, mtime)?;
     tar.append("cosi-marker", b"")?;
-    let md_len = md.max_json_len();
+    let md_len = max_json_len(&md);
     let reservation = tar.reserve("metadata.json", md_len as u64)?;
 
-    let total: u64 = primary_len + parts.iter().map(|p| p.gpt.size(lba)).sum::<u64>();
+    let total: u64 = primary_len + parts.iter().map(|p| p.gpt.size()).sum::<u64>();
     let threads = if opts.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get() as u32)
@@ -387,14 +405,11 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     let mut max_window_log = 0;
     let mut jobs: Vec<(String, u64, u64, Option<&Part>)> =
         vec![("images/primary-gpt.rawzst".into(), 0, primary_len, None)];
-    jobs.extend(parts.iter().map(|p| {
-        (
-            p.image_path.clone(),
-            p.gpt.offset(lba),
-            p.gpt.size(lba),
-            Some(p),
-        )
-    }));
+    jobs.extend(
+        parts
+            .iter()
+            .map(|p| (p.image_path.clone(), p.gpt.offset(), p.gpt.size(), Some(p))),
+    );
     let mut written: Vec<ImageFile> = Vec::new();
     for (path, offset, len, part) in jobs {
         tracing::info!(image = %path, bytes = len, "compressing");
@@ -430,10 +445,8 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
             .expect("every image in the metadata was written");
         *f = w.clone();
     }
-    md.compression.max_window_log = max_window_log;
-    let json = md
-        .to_padded_json(md_len)
-        .context("metadata.json outgrew its reserved size")?;
+    md.compression = Some(Compression { max_window_log });
+    let json = to_padded_json(&md, md_len).context("metadata.json outgrew its reserved size")?;
     tar.fill(&reservation, &json)?;
     let size = tar.finish()?;
     std::fs::rename(&partial, &opts.output).with_context(|| {
@@ -452,10 +465,66 @@ pub fn build(opts: &BuildOptions, progress: &dyn Fn(u64, u64)) -> Result<BuildSu
     Ok(BuildSummary {
         output: opts.output.clone(),
         size,
-        id: md.id,
+        id,
         metadata_sha384: hex::encode(Sha384::digest(&json)),
         regions,
     })
+}
+
+/// Read the disk image's GPT: the primary copy must be intact (it is stored as is in
+/// the COSI file) and the layout sane. Partitions come in disk order; also returns the
+/// length of the primary-GPT region (protective MBR, header, entries).
+fn read_partition_table(name: &str, size: u64, read_at: &mut ReadAt) -> Result<(GptTable, u64)> {
+    let not_gpt = |why: String| invalid("cosi-build-not-gpt", why);
+    let image =
+        gpt::read_gpt_image(name, size, read_at).map_err(
+            |e| match crate::error::find_trident_error(&e) {
+                Some(t) if t.code == "no-partition-table" => not_gpt(t.message),
+                _ => e,
+            },
+        )?;
+    let mut table = image.table;
+    let lba = table.sector_size;
+    let Some(primary_len) = image.primary_len else {
+        return Err(not_gpt(format!(
+            "the primary GPT of {name} is damaged (only the backup copy is valid)"
+        )));
+    };
+    if size % lba != 0 {
+        return Err(not_gpt(format!(
+            "{name} has no valid GPT: disk size {size} is not a multiple of the {lba}-byte LBA"
+        )));
+    }
+    table.check_layout(size)?;
+    table.partitions.sort_by_key(|p| p.first_lba);
+    Ok((table, primary_len))
+}
+
+/// Serialize `md`, pretty-printed, padded with spaces before the final newline to
+/// exactly `len` bytes (JSON allows trailing whitespace). `None` if it does not fit.
+fn to_padded_json(md: &CosiMetadata, len: usize) -> Option<Vec<u8>> {
+    let mut v = serde_json::to_vec_pretty(md).ok()?;
+    if v.len() + 1 > len {
+        return None;
+    }
+    v.resize(len - 1, b' ');
+    v.push(b'\n');
+    Some(v)
+}
+
+/// The largest `md` can serialize to once every image's sizes and hashes are known:
+/// all numbers at their widest, hashes at their fixed width.
+fn max_json_len(md: &CosiMetadata) -> usize {
+    let mut m = md.clone();
+    for f in m.image_files_mut() {
+        f.compressed_size = u64::MAX;
+        f.uncompressed_size = u64::MAX;
+        f.sha384 = Some("f".repeat(96));
+    }
+    m.compression = Some(Compression {
+        max_window_log: u32::MAX,
+    });
+    serde_json::to_vec_pretty(&m).map(|v| v.len()).unwrap_or(0) + 1
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -482,17 +551,12 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn check_arch(a: &str) -> Result<String> {
-    let l = a.to_ascii_lowercase();
-    Ok(match l.as_str() {
-        "x86_64" | "x64" | "amd64" => "x86_64".into(),
-        "aarch64" | "arm64" => "aarch64".into(),
-        _ => {
-            return Err(invalid(
-                "cosi-build-bad-arch",
-                format!("unsupported OS architecture {a:?} (x86_64 or aarch64)"),
-            ))
-        }
+fn check_arch(a: &str) -> Result<OsArch> {
+    OsArch::parse(a).ok_or_else(|| {
+        invalid(
+            "cosi-build-bad-arch",
+            format!("unsupported OS architecture {a:?} (x86_64 or aarch64)"),
+        )
     })
 }
 
@@ -500,10 +564,10 @@ fn describe_parts(parts: &[Part]) -> String {
     parts
         .iter()
         .map(|p| {
-            if p.gpt.name.is_empty() {
+            if p.gpt.label.is_empty() {
                 format!("{}", p.gpt.number)
             } else {
-                format!("{} ({})", p.gpt.number, p.gpt.name)
+                format!("{} ({})", p.gpt.number, p.gpt.label)
             }
         })
         .collect::<Vec<_>>()
@@ -513,7 +577,7 @@ fn describe_parts(parts: &[Part]) -> String {
 fn find_part(parts: &[Part], sel: &PartSelector) -> Option<usize> {
     match sel {
         PartSelector::Number(n) => parts.iter().position(|p| p.gpt.number == *n),
-        PartSelector::Label(l) => parts.iter().position(|p| p.gpt.name == *l),
+        PartSelector::Label(l) => parts.iter().position(|p| p.gpt.label == *l),
     }
 }
 
@@ -567,16 +631,16 @@ fn check_mounts(parts: &[Part]) -> Result<()> {
     Ok(())
 }
 
-fn reader_for(image: &Path, lba: u64, p: &Part) -> Result<Box<dyn FsReader>> {
+fn reader_for(image: &Path, p: &Part) -> Result<Box<dyn FsReader>> {
     let fs =
         p.fs.as_ref()
             .with_context(|| format!("partition {} has no filesystem", p.gpt.number))?;
     Ok(match fs.fs_type.as_str() {
-        "ext2" | "ext3" | "ext4" => Box::new(rootfs::ExtReader::new(image, p.gpt.offset(lba))?),
+        "ext2" | "ext3" | "ext4" => Box::new(rootfs::ExtReader::new(image, p.gpt.offset())?),
         t @ ("xfs" | "btrfs") => Box::new(rootfs::LoopMountReader::new(
             image,
-            p.gpt.offset(lba),
-            p.gpt.size(lba),
+            p.gpt.offset(),
+            p.gpt.size(),
             t,
         )?),
         t => bail!("cannot read files from a {t} filesystem"),
@@ -590,8 +654,7 @@ const ROOT_TYPES: &[&str] = &[
 ];
 
 /// Find the root filesystem (the one with `/etc/os-release`) and apply its fstab.
-fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result<()> {
-    let lba = disk.lba_size;
+fn mounts_from_fstab(image: &Path, parts: &mut [Part]) -> Result<()> {
     let mut order: Vec<usize> = (0..parts.len())
         .filter(|&i| {
             parts[i].fs.as_ref().is_some_and(|f| {
@@ -602,7 +665,7 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
             })
         })
         .collect();
-    order.sort_by_key(|&i| !ROOT_TYPES.contains(&parts[i].gpt.type_guid.as_str()));
+    order.sort_by_key(|&i| !ROOT_TYPES.contains(&parts[i].gpt.type_guid.to_string().as_str()));
     let mut root = None;
     let mut skipped = Vec::new();
     for i in order {
@@ -617,7 +680,7 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
                 None
             })
         };
-        match reader_for(image, lba, &parts[i]).and_then(|r| probe(r.as_ref())) {
+        match reader_for(image, &parts[i]).and_then(|r| probe(r.as_ref())) {
             Ok(Some(fstab)) => {
                 root = Some((i, fstab));
                 break;
@@ -658,8 +721,8 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
             match &dref {
                 fstab::DeviceRef::FsUuid(u) => fs.is_some_and(|f| f.uuid.eq_ignore_ascii_case(u)),
                 fstab::DeviceRef::FsLabel(l) => fs.is_some_and(|f| f.label == *l),
-                fstab::DeviceRef::PartUuid(u) => p.gpt.part_uuid.eq_ignore_ascii_case(u),
-                fstab::DeviceRef::PartLabel(l) => p.gpt.name == *l,
+                fstab::DeviceRef::PartUuid(u) => p.gpt.uuid.to_string().eq_ignore_ascii_case(u),
+                fstab::DeviceRef::PartLabel(l) => p.gpt.label == *l,
                 fstab::DeviceRef::Path(_) => false,
             }
         });
@@ -695,19 +758,17 @@ fn mounts_from_fstab(image: &Path, disk: &GptDisk, parts: &mut [Part]) -> Result
 /// File access to the OS spread over its mounted filesystems.
 struct Readers<'a> {
     image: &'a Path,
-    lba: u64,
     mounted: Vec<&'a Part>,
     open: std::cell::RefCell<std::collections::HashMap<u32, std::rc::Rc<dyn FsReader>>>,
 }
 
 impl<'a> Readers<'a> {
-    fn new(image: &'a Path, lba: u64, parts: &'a [Part]) -> Self {
+    fn new(image: &'a Path, parts: &'a [Part]) -> Self {
         let mut mounted: Vec<&Part> = parts.iter().filter(|p| p.mount.is_some()).collect();
         // Longest mount point first: /var wins over / for /var/lib/dpkg/status.
         mounted.sort_by_key(|p| std::cmp::Reverse(p.mount.as_ref().map_or(0, |m| m.len())));
         Self {
             image,
-            lba,
             mounted,
             open: Default::default(),
         }
@@ -732,7 +793,7 @@ impl<'a> Readers<'a> {
                     r.clone()
                 } else {
                     let r: std::rc::Rc<dyn FsReader> =
-                        std::rc::Rc::from(reader_for(self.image, self.lba, p)?);
+                        std::rc::Rc::from(reader_for(self.image, p)?);
                     open.insert(p.gpt.number, r.clone());
                     r
                 }
@@ -788,7 +849,7 @@ fn name_images(parts: &mut [Part]) {
                 .trim_matches('-')
                 .to_string()
         };
-        let mut base = clean(&p.gpt.name);
+        let mut base = clean(&p.gpt.label);
         if base.is_empty() {
             base = match p.mount.as_deref() {
                 Some("/") => "root".into(),
@@ -906,7 +967,7 @@ fn compress_region(
             path: name.to_string(),
             compressed_size: hw.len,
             uncompressed_size: len,
-            sha384: hex::encode(hw.hasher.finalize()),
+            sha384: Some(hex::encode(hw.hasher.finalize())),
         },
         window_log,
     ))
@@ -986,7 +1047,7 @@ mod tests {
         tar.finish().unwrap();
         let raw = std::fs::read(dir.path().join("u")).unwrap();
         let data = &raw[512..512 + f.compressed_size as usize];
-        assert_eq!(hex::encode(Sha384::digest(data)), f.sha384);
+        assert_eq!(Some(hex::encode(Sha384::digest(data))), f.sha384);
         assert_eq!(zstd::decode_all(data).unwrap(), vec![5u8; 9 << 20]);
     }
 
@@ -1047,14 +1108,15 @@ mod tests {
 
     fn part(n: u32, name: &str, mount: Option<&str>) -> Part {
         Part {
-            gpt: GptPartition {
+            gpt: ExistingPartition {
                 number: n,
-                type_guid: gpt::ESP_TYPE.into(),
-                part_uuid: String::new(),
-                name: name.into(),
+                type_guid: PartitionType::Esp.guid(),
+                uuid: uuid::Uuid::nil(),
+                label: name.into(),
                 first_lba: 0,
                 last_lba: 0,
                 attributes: 0,
+                sector_size: 512,
             },
             fs: Some(FsInfo {
                 fs_type: "ext4".into(),
@@ -1064,6 +1126,53 @@ mod tests {
             mount: mount.map(str::to_string),
             image_path: String::new(),
         }
+    }
+
+    #[test]
+    fn partition_table_in_disk_order_with_typed_errors() {
+        use crate::storage::gpt::tests::{make_gpt, mem_reader, root_and_esp_image, LINUX};
+        let read = |d: &[u8]| read_partition_table("img", d.len() as u64, &mut mem_reader(d));
+        let code = |e: &anyhow::Error| crate::error::find_trident_error(e).unwrap().code;
+
+        let d = root_and_esp_image();
+        let (t, primary_len) = read(&d).unwrap();
+        assert_eq!(primary_len, 34 * 512);
+        let order: Vec<_> = t.partitions.iter().map(|p| p.number).collect();
+        assert_eq!(order, [2, 1]);
+
+        let d4k = make_gpt(
+            4096,
+            256,
+            &[(LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "r", 10, 20)],
+        );
+        let (t, primary_len) = read(&d4k).unwrap();
+        assert_eq!((t.sector_size, primary_len), (4096, 6 * 4096));
+
+        let e = read(&vec![0u8; 1 << 20]).unwrap_err();
+        assert_eq!(code(&e), "cosi-build-not-gpt");
+        assert!(format!("{e:#}").contains("no valid GPT"), "{e:#}");
+
+        let mut bad = d.clone();
+        bad[512 + 40] ^= 1;
+        let e = read(&bad).unwrap_err();
+        assert_eq!(code(&e), "cosi-build-not-gpt");
+        assert!(format!("{e:#}").contains("header CRC32"), "{e:#}");
+
+        let mut odd = d.clone();
+        odd.extend_from_slice(&[0u8; 100]);
+        let e = read(&odd).unwrap_err();
+        assert_eq!(code(&e), "cosi-build-not-gpt");
+        assert!(format!("{e:#}").contains("not a multiple"), "{e:#}");
+
+        let overlap = make_gpt(
+            512,
+            4096,
+            &[
+                (LINUX, "aaaaaaaa-0000-0000-0000-000000000001", "a", 100, 200),
+                (LINUX, "aaaaaaaa-0000-0000-0000-000000000002", "b", 200, 300),
+            ],
+        );
+        assert!(format!("{:#}", read(&overlap).unwrap_err()).contains("overlap"));
     }
 
     #[test]
@@ -1124,12 +1233,12 @@ mod tests {
     #[test]
     fn padded_metadata_fits_reservation() {
         let md = CosiMetadata {
-            version: "1.2".into(),
-            id: "x".into(),
-            os_arch: "x86_64".into(),
+            version: MetadataVersion::V1_2,
+            id: Some("x".into()),
+            os_arch: OsArch::X86_64,
             os_release: "ID=x\n".into(),
             images: vec![],
-            disk: Disk {
+            disk: Some(Disk {
                 size: 1,
                 kind: "gpt".into(),
                 lba_size: 512,
@@ -1138,30 +1247,28 @@ mod tests {
                         path: "images/primary-gpt.rawzst".into(),
                         compressed_size: 0,
                         uncompressed_size: 0,
-                        sha384: String::new(),
+                        sha384: Some(String::new()),
                     },
-                    kind: "primary-gpt".into(),
+                    kind: RegionType::PrimaryGpt,
                     number: None,
+                    start_lba: None,
                 }],
-            },
-            os_packages: vec![],
-            bootloader: esp::Bootloader {
-                kind: "grub".into(),
-                systemd_boot: None,
-            },
-            compression: meta::Compression { max_window_log: 0 },
+            }),
+            os_packages: Some(vec![]),
+            bootloader: Some(crate::cosi::metadata::Bootloader::Grub),
+            compression: Some(Compression { max_window_log: 0 }),
         };
-        let cap = md.max_json_len();
+        let cap = max_json_len(&md);
         let mut real = md.clone();
         for f in real.image_files_mut() {
             f.compressed_size = 123;
-            f.sha384 = "a".repeat(96);
+            f.sha384 = Some("a".repeat(96));
         }
-        let json = real.to_padded_json(cap).unwrap();
+        let json = to_padded_json(&real, cap).unwrap();
         assert_eq!(json.len(), cap);
         let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["disk"]["gptRegions"][0]["image"]["compressedSize"], 123);
         assert_eq!(v["bootloader"]["systemdBoot"], serde_json::Value::Null);
-        assert!(real.to_padded_json(10).is_none());
+        assert!(to_padded_json(&real, 10).is_none());
     }
 }
