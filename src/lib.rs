@@ -12,6 +12,7 @@
 //! - [`boot`]      — boot control: EFI variables, systemd-boot entries, UEFI load options,
 //!   the ESP (FAT in user space).
 //! - [`generator`] — `trident-generator`: wires trial/rollback/installer units at boot.
+//! - [`dbus`]      — `tridentd`, the D-Bus service `io.trident.Trident1`, and its client.
 //! - [`cmd`]       — the one wrapper for running external tools.
 //! - [`logging`]   — tracing setup (journald under systemd, stderr otherwise).
 //! - [`progress`]  — progress bars on a terminal, periodic log lines otherwise.
@@ -27,6 +28,7 @@ pub mod cmd;
 pub mod config;
 pub mod cosi;
 pub mod datastore;
+pub mod dbus;
 pub mod error;
 pub mod generator;
 pub mod logging;
