@@ -39,10 +39,11 @@ impl Error {
         }
     }
 
-    /// `busy` error naming what runs.
-    pub fn busy(running: &str) -> Error {
+    /// `busy` error naming what runs and who asked for it.
+    pub fn busy(operation: &str, caller: &str) -> Error {
         Error::Busy(format!(
-            "busy [servicing-in-progress]: {running} is running; wait for it to complete or call Cancel()"
+            "busy [servicing-in-progress]: {operation} is running (requested by {caller}); \
+             wait for it to complete or call Cancel()"
         ))
     }
 
@@ -112,7 +113,7 @@ mod tests {
 
     #[test]
     fn names_carry_the_prefix() {
-        let e = Error::busy("stage");
+        let e = Error::busy("stage", ":1.7");
         assert_eq!(e.name().as_str(), "io.trident.Trident1.Error.Busy");
         assert!(e.description().unwrap().contains("stage is running"));
     }

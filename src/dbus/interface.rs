@@ -37,7 +37,8 @@ struct Shared {
 struct State {
     running: Option<Running>,
     progress: u32,
-    last_error: String,
+    /// `None` until an operation ends in this process (then the datastore's says).
+    last_error: Option<String>,
 }
 
 struct Running {
@@ -96,10 +97,7 @@ impl Trident1 {
 
     fn busy_check(&self) -> Result<(), Error> {
         match &self.state().running {
-            Some(r) => Err(Error::busy(&format!(
-                "{} (requested by {})",
-                r.operation, r.caller
-            ))),
+            Some(r) => Err(Error::busy(r.operation.as_str(), &r.caller)),
             None => Ok(()),
         }
     }
@@ -139,10 +137,7 @@ impl Trident1 {
         {
             let mut state = self.state();
             if let Some(r) = &state.running {
-                return Err(Error::busy(&format!(
-                    "{} (requested by {})",
-                    r.operation, r.caller
-                )));
+                return Err(Error::busy(r.operation.as_str(), &r.caller));
             }
             state.running = Some(Running {
                 operation,
@@ -171,7 +166,7 @@ impl Trident1 {
                 {
                     let mut state = self.state();
                     state.running = None;
-                    state.last_error = e.to_string();
+                    state.last_error = Some(e.to_string());
                 }
                 self.emit_state_changed(&emitter).await;
                 Err(Error::from(e))
@@ -224,7 +219,7 @@ impl Trident1 {
             if result.is_ok() {
                 state.progress = 100;
             }
-            state.last_error = error_text.clone();
+            state.last_error = Some(error_text.clone());
         }
         self.touch();
         match &result {
@@ -317,7 +312,7 @@ impl Trident1 {
             .await
     }
 
-    /// Commit the trial boot.
+    /// Commit the trial boot (make the booted trial volume the default).
     async fn commit(
         &self,
         #[zbus(header)] header: Header<'_>,
@@ -381,6 +376,7 @@ impl Trident1 {
         blocking(move || load_history(&path, limit)).await
     }
 
+    /// The servicing state from the datastore (`not-provisioned`, `provisioned`, ...).
     #[zbus(property)]
     async fn servicing_state(&self) -> zbus::fdo::Result<String> {
         let status = self.host_status().await.map_err(property_error)?;
@@ -411,18 +407,27 @@ impl Trident1 {
         self.state().progress
     }
 
-    /// The last failure of an operation started through this service (empty after a
-    /// success), else the datastore's `lastError`.
+    /// The last failure (`category [code]: message`) of an operation run through this
+    /// daemon (empty after a success); before any, the datastore's `lastError`.
     #[zbus(property)]
-    async fn last_error(&self) -> String {
-        self.state().last_error.clone()
+    async fn last_error(&self) -> zbus::fdo::Result<String> {
+        let local = self.state().last_error.clone();
+        match local {
+            Some(text) => Ok(text),
+            None => {
+                let status = self.host_status().await.map_err(property_error)?;
+                Ok(status.last_error.map(|e| e.to_string()).unwrap_or_default())
+            }
+        }
     }
 
+    /// The agent version.
     #[zbus(property)]
     async fn version(&self) -> String {
         crate::VERSION.to_string()
     }
 
+    /// Progress of the running operation.
     #[zbus(signal, name = "Progress")]
     async fn progress_signal(
         emitter: &SignalEmitter<'_>,
@@ -431,6 +436,7 @@ impl Trident1 {
         message: &str,
     ) -> zbus::Result<()>;
 
+    /// The end of an operation; `error` is empty on success.
     #[zbus(signal)]
     async fn completed(
         emitter: &SignalEmitter<'_>,
