@@ -20,8 +20,8 @@ struct Args {
     #[arg(long, requires = "address")]
     p2p: bool,
     /// Exit after this long without calls or running operations (e.g. 60s, 5m; 0 = never).
-    #[arg(long, default_value = "60s", value_parser = daemon::parse_duration)]
-    idle_timeout: Option<Duration>,
+    #[arg(long, default_value = "60s", value_parser = parse_idle)]
+    idle_timeout: Duration,
     /// Datastore path (default: from /etc/trident/trident.conf, else /var/lib/trident/datastore.sqlite).
     #[arg(long)]
     datastore: Option<PathBuf>,
@@ -55,8 +55,12 @@ async fn main() -> anyhow::Result<()> {
     daemon::run(DaemonOptions {
         bus,
         datastore,
-        idle_timeout: args.idle_timeout,
+        idle_timeout: Some(args.idle_timeout).filter(|d| !d.is_zero()),
         servicer,
     })
     .await
+}
+
+fn parse_idle(s: &str) -> Result<Duration, String> {
+    daemon::parse_duration(s).map(Option::unwrap_or_default)
 }
