@@ -375,11 +375,17 @@ fn os_integration_files_agree() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
     let policy = read("dbus/io.trident.Trident1.policy");
-    let mut verbs: Vec<&str> = trident::dbus::Operation::ALL.iter().map(|o| o.as_str()).collect();
+    let mut verbs: Vec<&str> = trident::dbus::Operation::ALL
+        .iter()
+        .map(|o| o.as_str())
+        .collect();
     verbs.push("cancel");
     for verb in &verbs {
         let id = trident::dbus::auth::action_id(verb);
-        assert!(policy.contains(&format!("<action id=\"{id}\">")), "no polkit action {id}");
+        assert!(
+            policy.contains(&format!("<action id=\"{id}\">")),
+            "no polkit action {id}"
+        );
     }
     assert_eq!(policy.matches("<action id=").count(), verbs.len());
     let activation = read("dbus/io.trident.Trident1.service");
