@@ -37,4 +37,5 @@ install-dbus-files:
 	install -D -m 0644 docs/dbus.md $(DESTDIR)$(DOCDIR)/dbus.md
 
 test-dbus:
-	$(CARGO) test --test dbus_p2p --test dbus_daemon
+	$(CARGO) test --lib dbus::
+	$(CARGO) test --test dbus_p2p --test dbus_daemon --test dbus_systemd
