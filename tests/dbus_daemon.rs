@@ -277,7 +277,11 @@ async fn busctl_reads_validate_and_unprivileged_refusal() {
 
     // Error names as a zbus client sees them (busctl prints only the message).
     let conn = setpriv_free_client(&bus).await;
-    let t = Trident1Proxy::new(&conn).await.unwrap();
+    let t = Trident1Proxy::builder(&conn)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
     let (name, _) = method_error(&t.validate(&invalid_yaml()).await.unwrap_err());
     assert_eq!(name, "io.trident.Trident1.Error.InvalidInput");
 
@@ -305,7 +309,11 @@ async fn stage_progress_busy_and_cancel_over_the_bus() {
     let servicer = Arc::new(FakeServicer::new(50, Duration::from_millis(100)));
     let _server = serve(&bus, servicer, datastore).await;
     let client = setpriv_free_client(&bus).await;
-    let t = Trident1Proxy::new(&client).await.unwrap();
+    let t = Trident1Proxy::builder(&client)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
     let mut progress = t.receive_progress_signal().await.unwrap();
     let mut completed = t.receive_completed().await.unwrap();
 
@@ -421,7 +429,11 @@ async fn tridentd_binary_serves_and_exits_when_idle() {
     }
     // In-process servicer: accepted, then fails with the engine seam's error.
     let client = setpriv_free_client(&bus).await;
-    let t = Trident1Proxy::new(&client).await.unwrap();
+    let t = Trident1Proxy::builder(&client)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
     let mut completed = t.receive_completed().await.unwrap();
     t.commit().await.unwrap();
     let c = tokio::time::timeout(Duration::from_secs(10), completed.next())

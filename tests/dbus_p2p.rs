@@ -49,8 +49,14 @@ async fn peer(servicer: Arc<dyn Servicer>, provisioned: bool) -> (Peer, PathBuf)
     )
 }
 
+/// Properties uncached: each read is a real `Get` (the cache follows
+/// PropertiesChanged asynchronously and may lag just after a call returns).
 async fn proxy(p: &Peer) -> Trident1Proxy<'static> {
-    Trident1Proxy::new(&p.client).await.unwrap()
+    Trident1Proxy::builder(&p.client)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap()
 }
 
 fn is_root() -> bool {
@@ -144,7 +150,15 @@ async fn stage_reports_progress_and_completion() {
     let t = proxy(&p).await;
     let mut progress = t.receive_progress_signal().await.unwrap();
     let mut completed = t.receive_completed().await.unwrap();
-    let mut op_changes = t.receive_operation_changed().await;
+    let props = zbus::fdo::PropertiesProxy::builder(&p.client)
+        .destination(trident::dbus::BUS_NAME)
+        .unwrap()
+        .path(trident::dbus::OBJECT_PATH)
+        .unwrap()
+        .build()
+        .await
+        .unwrap();
+    let mut changes = props.receive_properties_changed().await.unwrap();
 
     let yaml = valid_yaml();
     t.stage(&yaml, HashMap::new()).await.unwrap();
@@ -175,18 +189,28 @@ async fn stage_reports_progress_and_completion() {
     );
     assert_eq!(t.operation().await.unwrap(), "");
     assert_eq!(t.progress_percent().await.unwrap(), 100);
-    // PropertiesChanged for Operation was emitted (stage, then idle).
-    let first = tokio::time::timeout(Duration::from_secs(5), op_changes.next())
-        .await
-        .unwrap()
-        .unwrap();
-    let mut values = vec![first.get().await.unwrap()];
-    while let Ok(Some(c)) =
-        tokio::time::timeout(Duration::from_millis(300), op_changes.next()).await
-    {
-        values.push(c.get().await.unwrap());
+    // PropertiesChanged carried Operation "stage", then "" (idle), and Progress.
+    let mut operations = Vec::new();
+    let mut saw_progress = false;
+    while let Ok(Some(c)) = tokio::time::timeout(Duration::from_millis(300), changes.next()).await {
+        let args = c.args().unwrap();
+        assert_eq!(args.interface_name().as_str(), "io.trident.Trident1");
+        if let Some(v) = args.changed_properties().get("Operation") {
+            operations.push(String::try_from(v.try_clone().unwrap()).unwrap());
+        }
+        saw_progress |= args.changed_properties().contains_key("Progress");
     }
-    assert!(values.contains(&String::new()), "{values:?}");
+    assert_eq!(
+        operations.first().map(String::as_str),
+        Some("stage"),
+        "{operations:?}"
+    );
+    assert_eq!(
+        operations.last().map(String::as_str),
+        Some(""),
+        "{operations:?}"
+    );
+    assert!(saw_progress);
 
     let reqs = requests.lock().unwrap();
     assert_eq!(reqs.len(), 1);
@@ -308,7 +332,10 @@ async fn blocking_client_follows_an_operation() {
     let conn = zbus::blocking::Connection::from(p.client.clone());
     let yaml = valid_yaml();
     let (outcome, seen) = tokio::task::spawn_blocking(move || {
-        let proxy = Trident1ProxyBlocking::new(&conn).unwrap();
+        let proxy = Trident1ProxyBlocking::builder(&conn)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .unwrap();
         let mut seen = Vec::new();
         let outcome = client::start_and_follow(
             &proxy,

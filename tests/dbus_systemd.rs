@@ -302,7 +302,11 @@ async fn systemd_servicer_starts_follows_and_stops_units() {
         .build()
         .await
         .unwrap();
-    let t = Trident1Proxy::new(&client).await.unwrap();
+    let t = Trident1Proxy::builder(&client)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
     let mut completed = t.receive_completed().await.unwrap();
     let mut progress = t.receive_progress_signal().await.unwrap();
 

@@ -149,10 +149,13 @@ pub fn follow(
     subscription.wait(operation, on_progress)
 }
 
-/// A blocking proxy on the system bus.
+/// A blocking proxy on the system bus. Properties are not cached: each read asks the
+/// service (a cache follows `PropertiesChanged` asynchronously and can lag right
+/// after a call).
 pub fn system_proxy() -> zbus::Result<Trident1ProxyBlocking<'static>> {
     let conn = zbus::blocking::Connection::system()?;
     Trident1ProxyBlocking::builder(&conn)
         .destination(BUS_NAME)?
+        .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
 }
