@@ -442,7 +442,7 @@ async fn tridentd_binary_serves_and_exits_when_idle() {
         .unwrap();
     assert!(c.args().unwrap().error.contains("[engine-not-available]"));
 
-    // No calls for 2 s: it exits by itself with status 0 and gives the name up.
+    // No calls for 3 s: it exits by itself with status 0 and gives the name up.
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(s) = guard.0.try_wait().unwrap() {

@@ -144,7 +144,7 @@ async fn stage_reports_progress_and_completion() {
         eprintln!("skipping: needs root (mutating calls need a root peer)");
         return;
     }
-    let servicer = fake(4, 30);
+    let servicer = fake(4, 150);
     let requests = servicer.requests.clone();
     let (p, _) = peer(servicer, true).await;
     let t = proxy(&p).await;
