@@ -393,7 +393,7 @@ async fn tridentd_binary_serves_and_exits_when_idle() {
             "--address",
             &bus.address,
             "--idle-timeout",
-            "2s",
+            "3s",
             "--servicer",
             "in-process",
         ])
