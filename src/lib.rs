@@ -13,6 +13,7 @@
 //!   the ESP (FAT in user space).
 //! - [`configure`] — configures a target OS root before first boot; runs hook scripts.
 //! - [`generator`] — `trident-generator`: wires trial/rollback/installer units at boot.
+//! - [`dbus`]      — `tridentd`, the D-Bus service `io.trident.Trident1`, and its client.
 //! - [`cmd`]       — the one wrapper for running external tools.
 //! - [`logging`]   — tracing setup (journald under systemd, stderr otherwise).
 //! - [`progress`]  — progress bars on a terminal, periodic log lines otherwise.
@@ -29,6 +30,7 @@ pub mod config;
 pub mod configure;
 pub mod cosi;
 pub mod datastore;
+pub mod dbus;
 pub mod error;
 pub mod generator;
 pub mod logging;
