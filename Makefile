@@ -51,3 +51,7 @@ clean-demo:
 
 include mk/install.mk
 include mk/e2e.mk
+include mk/dbus.mk
+
+# `make install` also installs tridentd, its bus policy, activation file and polkit actions.
+install: install-dbus-build install-dbus-files
