@@ -1,5 +1,5 @@
 //! `systemd-analyze verify` (systemd 252) on every unit in `units/`, inside a temp root
-//! holding the host's system units, our units, a stand-in `/usr/bin/trident` (verify
+//! holding the host's system units, our units, stand-in `/usr/bin/trident{,d}` (verify
 //! checks that ExecStart= binaries exist) and the generator's output for a trial boot.
 //! A deliberately broken unit proves the check can fail.
 
@@ -44,10 +44,12 @@ fn make_root() -> tempfile::TempDir {
         fs::copy(&u, sys.join(u.file_name().unwrap())).unwrap();
     }
     fs::create_dir_all(tmp.path().join("usr/bin")).unwrap();
-    let bin = tmp.path().join("usr/bin/trident");
-    fs::write(&bin, "#!/bin/sh\nexit 0\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    for name in ["trident", "tridentd"] {
+        let bin = tmp.path().join("usr/bin").join(name);
+        fs::write(&bin, "#!/bin/sh\nexit 0\n").unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    }
     fs::create_dir_all(tmp.path().join("etc/systemd/system")).unwrap();
     tmp
 }
@@ -99,7 +101,7 @@ fn every_unit_has_documentation() {
     for u in unit_files() {
         let s = fs::read_to_string(&u).unwrap();
         assert!(
-            s.contains("\nDocumentation=file:/usr/share/doc/trident/units.md"),
+            s.contains("\nDocumentation=file:/usr/share/doc/trident/"),
             "{}",
             u.display()
         );
