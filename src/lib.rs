@@ -12,6 +12,7 @@
 //! - [`boot`]      — boot control: EFI variables, systemd-boot entries, UEFI load options,
 //!   the ESP (FAT in user space).
 //! - [`configure`] — configures a target OS root before first boot; runs hook scripts.
+//! - [`engine`]    — servicing flows: install, stage/finalize (A/B update), commit, rollback.
 //! - [`generator`] — `trident-generator`: wires trial/rollback/installer units at boot.
 //! - [`cmd`]       — the one wrapper for running external tools.
 //! - [`logging`]   — tracing setup (journald under systemd, stderr otherwise).
@@ -29,6 +30,7 @@ pub mod config;
 pub mod configure;
 pub mod cosi;
 pub mod datastore;
+pub mod engine;
 pub mod error;
 pub mod generator;
 pub mod logging;
