@@ -467,7 +467,10 @@ fn stage_killed_at_random_points() {
     std::fs::write(&hc_path, host.hc_text(&images().v2, "")).unwrap();
     let d = host.dir.path();
     let stage_cmd = || {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_trident"));
+        // TRIDENT_BIN: a private copy of the binary (a shared target directory may be
+        // rebuilt by another checkout while the test runs).
+        let bin = std::env::var("TRIDENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_trident").into());
+        let mut c = Command::new(bin);
         c.arg("stage")
             .arg(&hc_path)
             .arg("--datastore")
@@ -481,7 +484,7 @@ fn stage_killed_at_random_points() {
             .arg("--booted-root")
             .arg(host.part(2))
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stderr(std::process::Stdio::piped());
         c
     };
     let cancel = |host: &Host| {
@@ -490,7 +493,8 @@ fn stage_killed_at_random_points() {
     };
     // How long a whole stage takes.
     let t0 = Instant::now();
-    assert!(stage_cmd().status().unwrap().success());
+    let out = stage_cmd().output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let full = t0.elapsed();
     cancel(&host);
 
@@ -525,7 +529,8 @@ fn stage_killed_at_random_points() {
     }
     assert!(killed >= 30, "only {killed} of {runs} runs were killed before finishing");
     // Stage succeeds after all that.
-    assert!(stage_cmd().status().unwrap().success());
+    let out = stage_cmd().output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(host.state().0, ServicingState::AbUpdateStaged);
     assert_eq!(host.read_ext4(3, "etc/os-version").unwrap().trim(), "v2");
 }

@@ -67,6 +67,7 @@ fn install_inner(hc: &HostConfiguration, ctx: &EngineContext, store: &mut Datast
             boot_tries: None,
         })?;
     }
+    target::clean_stale_mounts(&ctx.work_dir)?;
     let (mut layout, sizes) = layout::open_and_plan(hc)?;
     for fs in image::image_filesystems(hc) {
         let img = image::image_for(&cosi, fs)?;

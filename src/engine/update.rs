@@ -161,6 +161,9 @@ fn stage_inner(
         anyhow::Error::new(TridentError::internal("missing-active-volume", "the Host Status has no active volume"))
     })?;
     let inactive = active.other();
+    // A run killed mid-way may have left the inactive volume mounted under the work
+    // directory: never write a mounted volume.
+    target::clean_stale_mounts(&ctx.work_dir)?;
     let layout = layout::resolve(&hs.spec)?;
     let booted = booted_volume(hc, &layout, ctx)?;
     if booted != Some(active) {
