@@ -317,18 +317,22 @@ fn run(cli: Cli) -> Result<()> {
             } => internal_stage(&request, &config, &engine),
             InternalCommand::Finalize { engine } => finalize(&engine, false),
             InternalCommand::HealthCheck { name, engine } => health_check(&name, &engine),
-            InternalCommand::HealthCheckFailed { engine } => {
-                crate::engine::health_check_failed(&engine_ctx(&engine, None, false)?, "a health check failed")
-            }
+            InternalCommand::HealthCheckFailed { engine } => crate::engine::health_check_failed(
+                &engine_ctx(&engine, None, false)?,
+                "a health check failed",
+            ),
             InternalCommand::Commit { engine } => commit(&engine),
             InternalCommand::RecordRollback { engine } => {
                 let outcome = crate::engine::record_rollback(&engine_ctx(&engine, None, false)?)?;
                 eprintln!("{outcome:?}");
                 Ok(())
             }
-            InternalCommand::Install { config, engine } => {
-                install(&config, &[Operation::Stage, Operation::Finalize], &engine, false)
-            }
+            InternalCommand::Install { config, engine } => install(
+                &config,
+                &[Operation::Stage, Operation::Finalize],
+                &engine,
+                false,
+            ),
         },
         Command::Cosi { command } => match command {
             CosiCommand::Inspect { image, format } => cosi_inspect(&image, format),
@@ -453,7 +457,8 @@ fn engine_ctx(
     ctx.booted_root_override = args.booted_root.clone();
     ctx.work_dir = args.work_dir.clone();
     let reporter = std::sync::Arc::new(crate::progress::Reporter::new("servicing"));
-    ctx.progress = std::sync::Arc::new(move |_what: &str, done, total| reporter.update(done, total));
+    ctx.progress =
+        std::sync::Arc::new(move |_what: &str, done, total| reporter.update(done, total));
     Ok(ctx)
 }
 
@@ -497,11 +502,15 @@ fn finalize(args: &EngineArgs, reboot: bool) -> Result<()> {
 fn commit(args: &EngineArgs) -> Result<()> {
     let outcome = crate::engine::commit(&engine_ctx(args, None, false)?)?;
     match outcome {
-        crate::engine::CommitOutcome::Committed(v) => eprintln!("committed: {v} is the active volume"),
+        crate::engine::CommitOutcome::Committed(v) => {
+            eprintln!("committed: {v} is the active volume")
+        }
         crate::engine::CommitOutcome::RolledBack(v) => {
             eprintln!("the trial boot failed: recorded the rollback, {v} stays active")
         }
-        crate::engine::CommitOutcome::NothingToCommit(s) => eprintln!("nothing to commit (host is {s})"),
+        crate::engine::CommitOutcome::NothingToCommit(s) => {
+            eprintln!("nothing to commit (host is {s})")
+        }
     }
     Ok(())
 }
@@ -537,7 +546,8 @@ fn internal_stage(requests: &[PathBuf], config: &Path, args: &EngineArgs) -> Res
 }
 
 fn health_check(name: &str, args: &EngineArgs) -> Result<()> {
-    let store = crate::datastore::Datastore::open_existing(&engine_ctx(args, None, false)?.datastore_path)?;
+    let store =
+        crate::datastore::Datastore::open_existing(&engine_ctx(args, None, false)?.datastore_path)?;
     crate::engine::health::run_check(&store.host_status()?.spec, name)
 }
 

@@ -46,10 +46,18 @@ struct Images {
 fn images() -> &'static Images {
     static IMAGES: OnceLock<Images> = OnceLock::new();
     IMAGES.get_or_init(|| {
-        let dir = tempfile::Builder::new().prefix("engine-img").tempdir_in("/tmp").unwrap();
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-disk-image.sh");
+        let dir = tempfile::Builder::new()
+            .prefix("engine-img")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-disk-image.sh");
         let mut out = Vec::new();
-        for (name, variant, arch) in [("v1", "v1", None), ("v2", "v2", None), ("arm", "v1", Some("aarch64"))] {
+        for (name, variant, arch) in [
+            ("v1", "v1", None),
+            ("v2", "v2", None),
+            ("arm", "v1", Some("aarch64")),
+        ] {
             let raw = dir.path().join(format!("{name}.img"));
             let st = Command::new("bash")
                 .arg(&script)
@@ -90,14 +98,25 @@ struct Host {
 
 impl Host {
     fn new(size: u64, attach: bool) -> Host {
-        let dir = tempfile::Builder::new().prefix("engine-host").tempdir_in("/tmp").unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("engine-host")
+            .tempdir_in("/tmp")
+            .unwrap();
         let disk_file = dir.path().join("disk.img");
-        std::fs::File::create(&disk_file).unwrap().set_len(size).unwrap();
+        std::fs::File::create(&disk_file)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
         for d in ["efivars", "hostroot", "work"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
         let lo = attach.then(|| LoopDevice::attach(&disk_file, Options::default()).unwrap());
-        Host { dir, disk_file, lo, root_size: "40M" }
+        Host {
+            dir,
+            disk_file,
+            lo,
+            root_size: "40M",
+        }
     }
     fn device(&self) -> PathBuf {
         match &self.lo {
@@ -183,7 +202,9 @@ os:
         (hs.servicing_state, hs.active_volume)
     }
     fn efivar(&self, name: &str) -> Option<String> {
-        EfiVars::new(self.dir.path().join("efivars")).get_string(name, &SYSTEMD_LOADER).unwrap()
+        EfiVars::new(self.dir.path().join("efivars"))
+            .get_string(name, &SYSTEMD_LOADER)
+            .unwrap()
     }
     /// Read a file from a partition's ext4 filesystem.
     fn read_ext4(&self, n: u32, rel: &str) -> Option<String> {
@@ -202,7 +223,10 @@ os:
             .unwrap()
             .map(|e| {
                 let e = e.unwrap();
-                (e.file_name().to_string_lossy().into_owned(), std::fs::read(e.path()).unwrap())
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
             })
             .collect();
         v.sort();
@@ -212,7 +236,10 @@ os:
     fn installed(&self) -> HostConfiguration {
         let hc = self.hc(&images().v1);
         engine::install(&hc, &self.ctx(None)).unwrap();
-        assert_eq!(engine::commit(&self.ctx(Some(2))).unwrap(), CommitOutcome::Committed(AbVolume::VolumeA));
+        assert_eq!(
+            engine::commit(&self.ctx(Some(2))).unwrap(),
+            CommitOutcome::Committed(AbVolume::VolumeA)
+        );
         hc
     }
 }
@@ -231,7 +258,9 @@ fn sha256_of(path: &Path) -> String {
 }
 
 fn code(e: &anyhow::Error) -> String {
-    find_trident_error(e).map(|t| t.code).unwrap_or_else(|| format!("untyped: {e:#}"))
+    find_trident_error(e)
+        .map(|t| t.code)
+        .unwrap_or_else(|| format!("untyped: {e:#}"))
 }
 
 #[test]
@@ -244,28 +273,55 @@ fn install_update_commit_rollback() {
     engine::install(&hc, &host.ctx(None)).unwrap();
 
     // Partition table.
-    let json = trident::cmd::Cmd::new("sfdisk").arg("--json").arg(host.device()).output_string().unwrap();
+    let json = trident::cmd::Cmd::new("sfdisk")
+        .arg("--json")
+        .arg(host.device())
+        .output_string()
+        .unwrap();
     let table: serde_json::Value = serde_json::from_str(&json).unwrap();
     let parts = table["partitiontable"]["partitions"].as_array().unwrap();
     let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["esp", "root-a", "root-b", "trident", "srv"]);
-    assert_eq!(parts[0]["type"].as_str().unwrap().to_ascii_lowercase(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
+    assert_eq!(
+        parts[0]["type"].as_str().unwrap().to_ascii_lowercase(),
+        "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+    );
     assert_eq!(parts[1]["size"].as_u64().unwrap() * 512, 40 * MIB);
 
     // Volume A: the image, configured.
     assert_eq!(host.read_ext4(2, "etc/os-version").unwrap().trim(), "v1");
-    assert_eq!(host.read_ext4(2, "etc/hostname").unwrap().trim(), "engine-test");
+    assert_eq!(
+        host.read_ext4(2, "etc/hostname").unwrap().trim(),
+        "engine-test"
+    );
     let fstab = host.read_ext4(2, "etc/fstab").unwrap();
-    assert!(fstab.lines().any(|l| l.starts_with("UUID=") && l.split_whitespace().nth(1) == Some("/")), "{fstab}");
+    assert!(
+        fstab
+            .lines()
+            .any(|l| l.starts_with("UUID=") && l.split_whitespace().nth(1) == Some("/")),
+        "{fstab}"
+    );
     assert!(fstab.contains("/var/lib/trident"), "{fstab}");
     let trial = host.read_ext4(2, "etc/trident/boot/trial").unwrap();
     assert!(trial.contains("clean-install"), "{trial}");
     // Root grown to its partition.
-    let df = trident::cmd::Cmd::new("dumpe2fs").args(["-h"]).arg(host.part(2)).output_string().unwrap();
-    let blocks: u64 = df.lines().find_map(|l| l.strip_prefix("Block count:")).unwrap().trim().parse().unwrap();
+    let df = trident::cmd::Cmd::new("dumpe2fs")
+        .args(["-h"])
+        .arg(host.part(2))
+        .output_string()
+        .unwrap();
+    let blocks: u64 = df
+        .lines()
+        .find_map(|l| l.strip_prefix("Block count:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(blocks * 4096, 40 * MIB);
     // Volume B untouched (no filesystem).
-    assert!(trident::storage::mkfs::probe(&host.part(3)).unwrap().is_none());
+    assert!(trident::storage::mkfs::probe(&host.part(3))
+        .unwrap()
+        .is_none());
     // The datastore persisted on the shared volume.
     let copy = host.dir.path().join("ds-copy.sqlite");
     {
@@ -276,36 +332,83 @@ fn install_update_commit_rollback() {
         m.unmount().unwrap();
     }
     assert_eq!(
-        Datastore::open_existing(&copy).unwrap().host_status().unwrap().servicing_state,
+        Datastore::open_existing(&copy)
+            .unwrap()
+            .host_status()
+            .unwrap()
+            .servicing_state,
         ServicingState::CleanInstallFinalized
     );
 
     // ESP and EFI variables.
     {
         let esp = host.esp();
-        let entry = String::from_utf8(esp.read_file("loader/entries/trident-a.conf").unwrap()).unwrap();
+        let entry =
+            String::from_utf8(esp.read_file("loader/entries/trident-a.conf").unwrap()).unwrap();
         let uuid = parts[1]["uuid"].as_str().unwrap().to_ascii_lowercase();
-        assert!(entry.to_ascii_lowercase().contains(&format!("root=partuuid={uuid}")), "{entry}");
+        assert!(
+            entry
+                .to_ascii_lowercase()
+                .contains(&format!("root=partuuid={uuid}")),
+            "{entry}"
+        );
         assert!(entry.contains("console=ttyS0"), "{entry}");
-        assert!(String::from_utf8_lossy(&esp.read_file("trident/a/linux").unwrap()).contains("fake kernel"));
-        let entries: Vec<String> = esp.list("loader/entries").unwrap().into_iter().map(|e| e.name).collect();
-        assert_eq!(entries, ["trident-a.conf"], "the image's own entry is removed");
+        assert!(
+            String::from_utf8_lossy(&esp.read_file("trident/a/linux").unwrap())
+                .contains("fake kernel")
+        );
+        let entries: Vec<String> = esp
+            .list("loader/entries")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            entries,
+            ["trident-a.conf"],
+            "the image's own entry is removed"
+        );
         assert!(esp.exists("EFI/systemd/systemd-bootx64.efi").unwrap());
     }
-    assert_eq!(host.efivar("LoaderEntryDefault").as_deref(), Some("trident-a.conf"));
+    assert_eq!(
+        host.efivar("LoaderEntryDefault").as_deref(),
+        Some("trident-a.conf")
+    );
     assert_eq!(host.efivar("LoaderEntryOneShot"), None);
-    let files: Vec<String> = host.efivars_snapshot().into_iter().map(|(n, _)| n).collect();
-    assert!(files.iter().any(|f| f.starts_with("Boot0000-")), "{files:?}");
-    assert!(files.iter().any(|f| f.starts_with("BootOrder-")), "{files:?}");
+    let files: Vec<String> = host
+        .efivars_snapshot()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        files.iter().any(|f| f.starts_with("Boot0000-")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.starts_with("BootOrder-")),
+        "{files:?}"
+    );
     assert_eq!(host.state().0, ServicingState::CleanInstallFinalized);
 
     // First boot (on A): commit.
-    assert_eq!(engine::commit(&host.ctx(Some(2))).unwrap(), CommitOutcome::Committed(AbVolume::VolumeA));
-    assert_eq!(host.state(), (ServicingState::Provisioned, Some(AbVolume::VolumeA)));
+    assert_eq!(
+        engine::commit(&host.ctx(Some(2))).unwrap(),
+        CommitOutcome::Committed(AbVolume::VolumeA)
+    );
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeA))
+    );
     // Nothing to commit any more.
-    assert!(matches!(engine::commit(&host.ctx(Some(2))).unwrap(), CommitOutcome::NothingToCommit(_)));
+    assert!(matches!(
+        engine::commit(&host.ctx(Some(2))).unwrap(),
+        CommitOutcome::NothingToCommit(_)
+    ));
     // Same configuration: no update.
-    assert_eq!(engine::stage(&hc, &host.ctx(Some(2))).unwrap(), StageOutcome::NothingToDo);
+    assert_eq!(
+        engine::stage(&hc, &host.ctx(Some(2))).unwrap(),
+        StageOutcome::NothingToDo
+    );
 
     // Stage v2 with A booted: A byte-identical, B holds v2.
     let a_before = sha256_of(&host.part(2));
@@ -313,41 +416,97 @@ fn install_update_commit_rollback() {
     // Booted from B (not the recorded active volume): refused.
     let e = engine::stage(&hc2, &host.ctx(Some(3))).unwrap_err();
     assert_eq!(code(&e), "unexpected-boot-volume");
-    assert_eq!(engine::stage(&hc2, &host.ctx(Some(2))).unwrap(), StageOutcome::Staged(AbVolume::VolumeB));
-    assert_eq!(sha256_of(&host.part(2)), a_before, "the active volume was modified");
+    assert_eq!(
+        engine::stage(&hc2, &host.ctx(Some(2))).unwrap(),
+        StageOutcome::Staged(AbVolume::VolumeB)
+    );
+    assert_eq!(
+        sha256_of(&host.part(2)),
+        a_before,
+        "the active volume was modified"
+    );
     assert_eq!(host.read_ext4(3, "etc/os-version").unwrap().trim(), "v2");
-    assert!(host.dir.path().join("hostroot/var/lib/trident/staged").exists());
+    assert!(host
+        .dir
+        .path()
+        .join("hostroot/var/lib/trident/staged")
+        .exists());
     assert_eq!(host.state().0, ServicingState::AbUpdateStaged);
     assert!(host.esp().exists("loader/entries/trident-b.conf").unwrap());
-    assert_eq!(host.efivar("LoaderEntryDefault").as_deref(), Some("trident-a.conf"));
+    assert_eq!(
+        host.efivar("LoaderEntryDefault").as_deref(),
+        Some("trident-a.conf")
+    );
 
     // Finalize: one-shot into B, markers.
     engine::finalize(&host.ctx(Some(2))).unwrap();
-    assert_eq!(host.efivar("LoaderEntryOneShot").as_deref(), Some("trident-b.conf"));
-    assert_eq!(host.efivar("LoaderEntryDefault").as_deref(), Some("trident-a.conf"));
-    assert!(host.dir.path().join("hostroot/etc/trident/boot/pending").exists());
-    assert!(!host.dir.path().join("hostroot/var/lib/trident/staged").exists());
-    assert!(host.read_ext4(3, "etc/trident/boot/trial").unwrap().contains("\"volume\":\"b\""));
+    assert_eq!(
+        host.efivar("LoaderEntryOneShot").as_deref(),
+        Some("trident-b.conf")
+    );
+    assert_eq!(
+        host.efivar("LoaderEntryDefault").as_deref(),
+        Some("trident-a.conf")
+    );
+    assert!(host
+        .dir
+        .path()
+        .join("hostroot/etc/trident/boot/pending")
+        .exists());
+    assert!(!host
+        .dir
+        .path()
+        .join("hostroot/var/lib/trident/staged")
+        .exists());
+    assert!(host
+        .read_ext4(3, "etc/trident/boot/trial")
+        .unwrap()
+        .contains("\"volume\":\"b\""));
     assert_eq!(host.state().0, ServicingState::AbUpdateFinalized);
 
     // Trial boot on B: commit.
-    assert_eq!(engine::commit(&host.ctx(Some(3))).unwrap(), CommitOutcome::Committed(AbVolume::VolumeB));
-    assert_eq!(host.state(), (ServicingState::Provisioned, Some(AbVolume::VolumeB)));
-    assert_eq!(host.efivar("LoaderEntryDefault").as_deref(), Some("trident-b.conf"));
+    assert_eq!(
+        engine::commit(&host.ctx(Some(3))).unwrap(),
+        CommitOutcome::Committed(AbVolume::VolumeB)
+    );
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeB))
+    );
+    assert_eq!(
+        host.efivar("LoaderEntryDefault").as_deref(),
+        Some("trident-b.conf")
+    );
     assert_eq!(sha256_of(&host.part(2)).len(), 64);
 
     // Manual rollback to A (no re-imaging).
     let plan = engine::rollback_ab(&host.ctx(Some(3)), true).unwrap();
     assert_eq!(plan.volume, AbVolume::VolumeA);
-    assert_eq!(host.state().0, ServicingState::Provisioned, "--check changes nothing");
+    assert_eq!(
+        host.state().0,
+        ServicingState::Provisioned,
+        "--check changes nothing"
+    );
     engine::rollback_ab(&host.ctx(Some(3)), false).unwrap();
     assert_eq!(host.state().0, ServicingState::ManualRollbackAbFinalized);
-    assert_eq!(host.efivar("LoaderEntryOneShot").as_deref(), Some("trident-a.conf"));
-    assert_eq!(engine::commit(&host.ctx(Some(2))).unwrap(), CommitOutcome::Committed(AbVolume::VolumeA));
-    assert_eq!(host.state(), (ServicingState::Provisioned, Some(AbVolume::VolumeA)));
+    assert_eq!(
+        host.efivar("LoaderEntryOneShot").as_deref(),
+        Some("trident-a.conf")
+    );
+    assert_eq!(
+        engine::commit(&host.ctx(Some(2))).unwrap(),
+        CommitOutcome::Committed(AbVolume::VolumeA)
+    );
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeA))
+    );
     assert_eq!(host.read_ext4(2, "etc/os-version").unwrap().trim(), "v1");
     let hs = host.store().host_status().unwrap();
-    assert!(hs.spec.image.as_ref().unwrap().url.ends_with("v1.cosi"), "spec restored");
+    assert!(
+        hs.spec.image.as_ref().unwrap().url.ends_with("v1.cosi"),
+        "spec restored"
+    );
 }
 
 #[test]
@@ -360,13 +519,20 @@ fn failed_trial_boot_is_recorded_on_the_old_volume() {
     engine::stage(&host.hc(&images().v2), &host.ctx(Some(2))).unwrap();
     engine::finalize(&host.ctx(Some(2))).unwrap();
     // The trial did not take: the firmware came back to A.
-    assert_eq!(engine::commit(&host.ctx(Some(2))).unwrap(), CommitOutcome::RolledBack(AbVolume::VolumeA));
+    assert_eq!(
+        engine::commit(&host.ctx(Some(2))).unwrap(),
+        CommitOutcome::RolledBack(AbVolume::VolumeA)
+    );
     let hs = host.store().host_status().unwrap();
     assert_eq!(hs.servicing_state, ServicingState::Provisioned);
     assert_eq!(hs.active_volume, Some(AbVolume::VolumeA));
     assert!(hs.spec.image.as_ref().unwrap().url.ends_with("v1.cosi"));
     assert!(hs.last_error.is_some());
-    assert!(!host.dir.path().join("hostroot/etc/trident/boot/pending").exists());
+    assert!(!host
+        .dir
+        .path()
+        .join("hostroot/etc/trident/boot/pending")
+        .exists());
 }
 
 #[test]
@@ -379,7 +545,14 @@ fn bad_input_is_refused_before_the_disk_is_touched() {
     let host = Host::new(64 * MIB, false);
     let e = engine::install(&host.hc(&img.v1), &host.ctx(None)).unwrap_err();
     assert_eq!(code(&e), "disk-too-small", "{e:#}");
-    assert_eq!(std::fs::read(&host.disk_file).unwrap().iter().filter(|b| **b != 0).count(), 0);
+    assert_eq!(
+        std::fs::read(&host.disk_file)
+            .unwrap()
+            .iter()
+            .filter(|b| **b != 0)
+            .count(),
+        0
+    );
 
     let mut host = Host::new(256 * MIB, false);
     // Wrong architecture.
@@ -387,7 +560,8 @@ fn bad_input_is_refused_before_the_disk_is_touched() {
     assert_eq!(code(&e), "image-wrong-architecture", "{e:#}");
     assert!(format!("{e:#}").contains("aarch64"));
     // Unreachable image.
-    let e = engine::install(&host.hc(Path::new("/nonexistent/x.cosi")), &host.ctx(None)).unwrap_err();
+    let e =
+        engine::install(&host.hc(Path::new("/nonexistent/x.cosi")), &host.ctx(None)).unwrap_err();
     assert!(format!("{e:#}").contains("/nonexistent/x.cosi"), "{e:#}");
     // Missing mount point in the image.
     let text = host.hc_text(&img.v1, "  - deviceId: srv\n    mountPoint: /srv\n");
@@ -409,7 +583,14 @@ fn bad_input_is_refused_before_the_disk_is_touched() {
         assert_eq!(code(&e), "raid-not-supported");
     }
     // Nothing was ever written to the disk.
-    assert_eq!(std::fs::read(&host.disk_file).unwrap().iter().filter(|b| **b != 0).count(), 0);
+    assert_eq!(
+        std::fs::read(&host.disk_file)
+            .unwrap()
+            .iter()
+            .filter(|b| **b != 0)
+            .count(),
+        0
+    );
     let hs = host.store().host_status().unwrap();
     assert_eq!(hs.servicing_state, ServicingState::NotProvisioned);
     assert!(hs.last_error.is_some());
@@ -430,7 +611,13 @@ fn corrupt_image_mid_stage_leaves_the_host_as_it_was() {
         None,
     )
     .unwrap();
-    let root = cosi.images().iter().find(|i| i.mount_point == "/").unwrap().image.clone();
+    let root = cosi
+        .images()
+        .iter()
+        .find(|i| i.mount_point == "/")
+        .unwrap()
+        .image
+        .clone();
     drop(cosi);
     let at = root.data_offset + root.compressed_size / 2;
     let mut data = std::fs::read(&bad).unwrap();
@@ -447,7 +634,9 @@ fn corrupt_image_mid_stage_leaves_the_host_as_it_was() {
     assert_eq!(hs.servicing_state, ServicingState::Provisioned);
     assert!(hs.last_error.is_some());
     // The half-written volume has no filesystem and no boot entry.
-    assert!(trident::storage::mkfs::probe(&host.part(3)).unwrap().is_none());
+    assert!(trident::storage::mkfs::probe(&host.part(3))
+        .unwrap()
+        .is_none());
     assert!(!host.esp().exists("loader/entries/trident-b.conf").unwrap());
     // A good image stages fine afterwards.
     engine::stage(&host.hc(&images().v2), &host.ctx(Some(2))).unwrap();
@@ -469,7 +658,8 @@ fn stage_killed_at_random_points() {
     let stage_cmd = || {
         // TRIDENT_BIN: a private copy of the binary (a shared target directory may be
         // rebuilt by another checkout while the test runs).
-        let bin = std::env::var("TRIDENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_trident").into());
+        let bin =
+            std::env::var("TRIDENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_trident").into());
         let mut c = Command::new(bin);
         c.arg("stage")
             .arg(&hc_path)
@@ -494,13 +684,20 @@ fn stage_killed_at_random_points() {
     // How long a whole stage takes.
     let t0 = Instant::now();
     let out = stage_cmd().output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let full = t0.elapsed();
     cancel(&host);
 
     let a_before = sha256_of(&host.part(2));
     let vars_before = host.efivars_snapshot();
-    let entry_a = host.esp().read_file("loader/entries/trident-a.conf").unwrap();
+    let entry_a = host
+        .esp()
+        .read_file("loader/entries/trident-a.conf")
+        .unwrap();
     let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
     let mut killed = 0;
     let mut runs = 0;
@@ -522,15 +719,39 @@ fn stage_killed_at_random_points() {
             continue;
         }
         killed += 1;
-        assert_eq!(host.state(), (ServicingState::Provisioned, Some(AbVolume::VolumeA)), "after a kill at {delay:?}");
-        assert_eq!(host.efivars_snapshot(), vars_before, "EFI variables changed (kill at {delay:?})");
-        assert_eq!(host.esp().read_file("loader/entries/trident-a.conf").unwrap(), entry_a);
-        assert_eq!(sha256_of(&host.part(2)), a_before, "active volume modified (kill at {delay:?})");
+        assert_eq!(
+            host.state(),
+            (ServicingState::Provisioned, Some(AbVolume::VolumeA)),
+            "after a kill at {delay:?}"
+        );
+        assert_eq!(
+            host.efivars_snapshot(),
+            vars_before,
+            "EFI variables changed (kill at {delay:?})"
+        );
+        assert_eq!(
+            host.esp()
+                .read_file("loader/entries/trident-a.conf")
+                .unwrap(),
+            entry_a
+        );
+        assert_eq!(
+            sha256_of(&host.part(2)),
+            a_before,
+            "active volume modified (kill at {delay:?})"
+        );
     }
-    assert!(killed >= 30, "only {killed} of {runs} runs were killed before finishing");
+    assert!(
+        killed >= 30,
+        "only {killed} of {runs} runs were killed before finishing"
+    );
     // Stage succeeds after all that.
     let out = stage_cmd().output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(host.state().0, ServicingState::AbUpdateStaged);
     assert_eq!(host.read_ext4(3, "etc/os-version").unwrap().trim(), "v2");
 }

@@ -20,7 +20,10 @@ use std::path::{Path, PathBuf};
 pub const MENU_TIMEOUT_SECS: u32 = 3;
 
 /// The ESP partition of the layout.
-pub fn esp_partition<'a>(hc: &HostConfiguration, layout: &'a Layout) -> Result<&'a ResolvedPartition> {
+pub fn esp_partition<'a>(
+    hc: &HostConfiguration,
+    layout: &'a Layout,
+) -> Result<&'a ResolvedPartition> {
     let fs = hc.storage.esp_filesystem().ok_or_else(|| {
         anyhow::Error::new(
             TridentError::invalid_input(
@@ -42,7 +45,10 @@ pub fn esp_access(ctx: &EngineContext, esp: &ResolvedPartition) -> Result<EspAcc
     }
     let dev = crate::storage::device::dev_number(&esp.path)?;
     let mounts = crate::storage::mounts::read_mountinfo()?;
-    if let Some(m) = mounts.iter().find(|m| m.dev == dev && m.root == Path::new("/")) {
+    if let Some(m) = mounts
+        .iter()
+        .find(|m| m.dev == dev && m.root == Path::new("/"))
+    {
         return Ok(EspAccess::Mounted(m.mount_point.clone()));
     }
     Ok(EspAccess::Fat(FatLocation::whole(&esp.path)))
@@ -87,7 +93,12 @@ pub fn backend_for_layout(
 /// Install: format the ESP partition as FAT32 and copy the image's ESP into it (the
 /// image's ESP is streamed into a temporary file first, hash-checked). The image's own
 /// loader entries are removed: Trident writes one entry per volume.
-pub fn populate_esp(cosi: &Cosi, img: &CosiImage, esp: &ResolvedPartition, ctx: &EngineContext) -> Result<()> {
+pub fn populate_esp(
+    cosi: &Cosi,
+    img: &CosiImage,
+    esp: &ResolvedPartition,
+    ctx: &EngineContext,
+) -> Result<()> {
     let dir = super::ensure_dir(&ctx.work_dir)?;
     let tmp = tempfile::Builder::new()
         .prefix("esp-image")
@@ -95,7 +106,8 @@ pub fn populate_esp(cosi: &Cosi, img: &CosiImage, esp: &ResolvedPartition, ctx: 
         .context("creating a temporary file for the image's ESP")?;
     super::image::stream_to(cosi, img, tmp.path(), true, ctx)?;
     let dst = FatLocation::whole(&esp.path);
-    format_fat32(&dst, "ESP").with_context(|| format!("formatting the ESP {}", esp.path.display()))?;
+    format_fat32(&dst, "ESP")
+        .with_context(|| format!("formatting the ESP {}", esp.path.display()))?;
     copy_tree_from_fat(&FatLocation::whole(tmp.path()), &dst)
         .context("copying the image's ESP files")?;
     let open = OpenEsp::open(&EspAccess::Fat(dst))?;
@@ -169,9 +181,15 @@ pub fn volume_boot_info(
         volume,
         title,
         version,
-        kernel: Payload::Bytes(std::fs::read(&kernel).with_context(|| format!("reading {}", kernel.display()))?),
+        kernel: Payload::Bytes(
+            std::fs::read(&kernel).with_context(|| format!("reading {}", kernel.display()))?,
+        ),
         initrd: initrd
-            .map(|p| std::fs::read(&p).map(Payload::Bytes).with_context(|| format!("reading {}", p.display())))
+            .map(|p| {
+                std::fs::read(&p)
+                    .map(Payload::Bytes)
+                    .with_context(|| format!("reading {}", p.display()))
+            })
             .transpose()?,
         root_partuuid,
         extra_args,

@@ -78,7 +78,11 @@ pub fn image_for<'a>(cosi: &'a Cosi, fs: &FileSystem) -> Result<&'a CosiImage> {
         .iter()
         .find(|i| i.mount_point == mp)
         .ok_or_else(|| {
-            let have: Vec<&str> = cosi.images().iter().map(|i| i.mount_point.as_str()).collect();
+            let have: Vec<&str> = cosi
+                .images()
+                .iter()
+                .map(|i| i.mount_point.as_str())
+                .collect();
             TridentError::invalid_input(
                 "image-mount-point-missing",
                 format!(
@@ -120,7 +124,13 @@ pub fn check_fits(img: &CosiImage, fs: &FileSystem, partition_id: &str, size: u6
 }
 
 /// Stream one image onto `target` (a partition or a file), verifying its SHA-384.
-pub fn stream_to(cosi: &Cosi, img: &CosiImage, target: &Path, fresh_file: bool, ctx: &EngineContext) -> Result<()> {
+pub fn stream_to(
+    cosi: &Cosi,
+    img: &CosiImage,
+    target: &Path,
+    fresh_file: bool,
+    ctx: &EngineContext,
+) -> Result<()> {
     ctx.cancelled()?;
     let sha = img.image.sha384.clone().ok_or_else(|| {
         anyhow::Error::new(TridentError::invalid_input(
@@ -146,7 +156,13 @@ pub fn stream_to(cosi: &Cosi, img: &CosiImage, target: &Path, fresh_file: bool, 
         &move |p| progress(&label, p.done, p.total),
         &ctx.cancel,
     )
-    .with_context(|| format!("writing the {} filesystem to {}", img.mount_point, target.display()))?;
+    .with_context(|| {
+        format!(
+            "writing the {} filesystem to {}",
+            img.mount_point,
+            target.display()
+        )
+    })?;
     Ok(())
 }
 
@@ -162,7 +178,11 @@ pub fn mark_unusable(device: &Path) {
             f.sync_all()
         });
     match res {
-        Ok(()) => tracing::warn!(device = %device.display(), "half-written volume wiped (not bootable)"),
-        Err(e) => tracing::error!(device = %device.display(), "could not wipe the half-written volume: {e}"),
+        Ok(()) => {
+            tracing::warn!(device = %device.display(), "half-written volume wiped (not bootable)")
+        }
+        Err(e) => {
+            tracing::error!(device = %device.display(), "could not wipe the half-written volume: {e}")
+        }
     }
 }

@@ -42,9 +42,10 @@ pub fn install(hc: &HostConfiguration, ctx: &EngineContext) -> Result<()> {
     let result = install_inner(hc, ctx, &mut store);
     if let Err(e) = &result {
         let mut hs = store.host_status()?;
-        hs.set_last_error(crate::error::find_trident_error(e).unwrap_or_else(|| {
-            TridentError::servicing("install-failed", format!("{e:#}"))
-        }));
+        hs.set_last_error(
+            crate::error::find_trident_error(e)
+                .unwrap_or_else(|| TridentError::servicing("install-failed", format!("{e:#}"))),
+        );
         store.record("install-failed", &hs)?;
     }
     result
@@ -57,25 +58,32 @@ fn install_inner(hc: &HostConfiguration, ctx: &EngineContext, store: &mut Datast
     let loader = image::bootloader_name(&cosi);
     if loader == "grub" {
         // Refused by the boot layer; ask it now, before the disks are touched.
-        backend_for(loader, crate::boot::BootEnv {
-            efivars: crate::boot::EfiVars::new(&ctx.efivars_root),
-            esp: crate::boot::EspLayout {
-                access: crate::boot::EspAccess::Mounted(ctx.work_dir.clone()),
-                partition: None,
+        backend_for(
+            loader,
+            crate::boot::BootEnv {
+                efivars: crate::boot::EfiVars::new(&ctx.efivars_root),
+                esp: crate::boot::EspLayout {
+                    access: crate::boot::EspAccess::Mounted(ctx.work_dir.clone()),
+                    partition: None,
+                },
+                timeout_secs: 0,
+                boot_tries: None,
             },
-            timeout_secs: 0,
-            boot_tries: None,
-        })?;
+        )?;
     }
     target::clean_stale_mounts(&ctx.work_dir)?;
     let (mut layout, sizes) = layout::open_and_plan(hc)?;
     for fs in image::image_filesystems(hc) {
         let img = image::image_for(&cosi, fs)?;
-        let pid = layout::volume_partition_id(hc, fs.device_id.as_deref().unwrap_or_default(), volume);
+        let pid =
+            layout::volume_partition_id(hc, fs.device_id.as_deref().unwrap_or_default(), volume);
         let size = *sizes.get(&pid).ok_or_else(|| {
             anyhow::Error::new(TridentError::invalid_input(
                 "unknown-device-id",
-                format!("{} refers to '{pid}', which is not a partition", fs.describe()),
+                format!(
+                    "{} refers to '{pid}', which is not a partition",
+                    fs.describe()
+                ),
             ))
         })?;
         image::check_fits(img, fs, &pid, size)?;
@@ -88,7 +96,9 @@ fn install_inner(hc: &HostConfiguration, ctx: &EngineContext, store: &mut Datast
 
     // 3. Filesystems: images into volume A (and plain partitions), new ones created.
     for fs in &hc.storage.filesystems {
-        let Some(id) = fs.device_id.as_deref() else { continue };
+        let Some(id) = fs.device_id.as_deref() else {
+            continue;
+        };
         let part = layout.volume_partition(hc, id, volume)?.clone();
         match fs.source {
             FileSystemSource::Image if fs.is_esp() => {
@@ -111,14 +121,21 @@ fn install_inner(hc: &HostConfiguration, ctx: &EngineContext, store: &mut Datast
                     Some(other) => {
                         return Err(TridentError::unsupported(
                             "filesystem-type-unsupported",
-                            format!("cannot create a {} filesystem ({})", other.as_str(), fs.describe()),
+                            format!(
+                                "cannot create a {} filesystem ({})",
+                                other.as_str(),
+                                fs.describe()
+                            ),
                         )
                         .into())
                     }
                 };
                 if is_pair(hc, id) {
                     // Both volumes of a pair get one.
-                    let b = layout.volume_partition(hc, id, AbVolume::VolumeB)?.path.clone();
+                    let b = layout
+                        .volume_partition(hc, id, AbVolume::VolumeB)?
+                        .path
+                        .clone();
                     mkfs(&b, t, &MkfsOptions::default())?;
                 }
                 mkfs(&part.path, t, &MkfsOptions::default())?;
@@ -133,7 +150,10 @@ fn install_inner(hc: &HostConfiguration, ctx: &EngineContext, store: &mut Datast
     let tree = target::mount_tree(hc, &layout, volume, &dir, true, false)?;
     let root_part = layout.volume_partition(
         hc,
-        hc.storage.root_filesystem().and_then(|f| f.device_id.as_deref()).unwrap_or_default(),
+        hc.storage
+            .root_filesystem()
+            .and_then(|f| f.device_id.as_deref())
+            .unwrap_or_default(),
         volume,
     )?;
     let info = bootcfg::volume_boot_info(hc, boot_volume(volume), &tree.root, root_part.part_uuid)?;

@@ -166,7 +166,10 @@ pub fn disk_plan(disk: &Disk) -> Result<DiskPlan> {
             (None, None) => {
                 return Err(TridentError::invalid_input(
                     "adopted-partition-unmatched",
-                    format!("adopted partition '{}' has neither matchLabel nor matchUuid", a.id),
+                    format!(
+                        "adopted partition '{}' has neither matchLabel nor matchUuid",
+                        a.id
+                    ),
                 )
                 .into())
             }
@@ -247,7 +250,10 @@ pub fn resolve(hc: &HostConfiguration) -> Result<Layout> {
             .iter()
             .map(|p| (p.id.clone(), p.gpt_label().to_string()))
             .chain(disk.adopted_partitions.iter().map(|a| {
-                (a.id.clone(), a.match_label.clone().unwrap_or_else(|| a.id.clone()))
+                (
+                    a.id.clone(),
+                    a.match_label.clone().unwrap_or_else(|| a.id.clone()),
+                )
             }))
             .collect();
         for (id, label) in names {
@@ -293,7 +299,10 @@ pub fn resolve(hc: &HostConfiguration) -> Result<Layout> {
         let paths = blkpg::ensure_partition_nodes(&dev, &entries)
             .with_context(|| format!("making the partition nodes of {}", dev.display()))?;
         for (id, e) in wanted {
-            let idx = entries.iter().position(|x| x.number == e.number).expect("listed");
+            let idx = entries
+                .iter()
+                .position(|x| x.number == e.number)
+                .expect("listed");
             layout.partitions.insert(
                 id.clone(),
                 ResolvedPartition {

@@ -18,11 +18,13 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let name = path.file_name().context("no file name")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp"));
-    let mut f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut f =
+        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .with_context(|| format!("syncing {}", dir.display()))?;
@@ -72,7 +74,10 @@ pub fn write_trial(
     if checks.checks.is_empty() {
         remove(&root.join(HEALTH_CHECKS))?;
     } else {
-        write_atomic(&root.join(HEALTH_CHECKS), serde_json::to_string(&checks)?.as_bytes())?;
+        write_atomic(
+            &root.join(HEALTH_CHECKS),
+            serde_json::to_string(&checks)?.as_bytes(),
+        )?;
     }
     let trial = TrialMarker {
         version: MARKER_VERSION,
@@ -81,19 +86,30 @@ pub fn write_trial(
         volume: volume.to_string(),
         loader_entry: None,
     };
-    write_atomic(&root.join(TRIAL_MARKER), serde_json::to_string(&trial)?.as_bytes())?;
+    write_atomic(
+        &root.join(TRIAL_MARKER),
+        serde_json::to_string(&trial)?.as_bytes(),
+    )?;
     remove(&root.join(PENDING_MARKER))
 }
 
 /// Into the root of the running (old) volume.
-pub fn write_pending(root: &Path, operation: TrialOperation, update_id: &str, trial_volume: &str) -> Result<()> {
+pub fn write_pending(
+    root: &Path,
+    operation: TrialOperation,
+    update_id: &str,
+    trial_volume: &str,
+) -> Result<()> {
     let m = PendingMarker {
         version: MARKER_VERSION,
         operation,
         update_id: update_id.to_string(),
         trial_volume: trial_volume.to_string(),
     };
-    write_atomic(&root.join(PENDING_MARKER), serde_json::to_string(&m)?.as_bytes())
+    write_atomic(
+        &root.join(PENDING_MARKER),
+        serde_json::to_string(&m)?.as_bytes(),
+    )
 }
 
 /// Remove the trial markers from a root.
@@ -115,20 +131,30 @@ mod tests {
         .unwrap();
         std::fs::create_dir_all(dir.path().join("etc/trident/boot")).unwrap();
         std::fs::write(dir.path().join(PENDING_MARKER), "{}").unwrap();
-        write_trial(dir.path(), &hc, ServicingType::AbUpdate, TrialOperation::AbUpdate, "u1", "b").unwrap();
+        write_trial(
+            dir.path(),
+            &hc,
+            ServicingType::AbUpdate,
+            TrialOperation::AbUpdate,
+            "u1",
+            "b",
+        )
+        .unwrap();
         let t: TrialMarker =
             serde_json::from_slice(&std::fs::read(dir.path().join(TRIAL_MARKER)).unwrap()).unwrap();
         assert_eq!(t.volume, "b");
         assert_eq!(t.operation, TrialOperation::AbUpdate);
         let c: HealthCheckList =
-            serde_json::from_slice(&std::fs::read(dir.path().join(HEALTH_CHECKS)).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join(HEALTH_CHECKS)).unwrap())
+                .unwrap();
         let names: Vec<_> = c.checks.iter().map(|c| c.name.as_str()).collect();
         assert_eq!(names, ["c1", "svc"]);
         assert_eq!(c.checks[1].timeout_seconds, Some(5));
         assert!(!dir.path().join(PENDING_MARKER).exists());
         write_pending(dir.path(), TrialOperation::AbUpdate, "u1", "b").unwrap();
         let p: PendingMarker =
-            serde_json::from_slice(&std::fs::read(dir.path().join(PENDING_MARKER)).unwrap()).unwrap();
+            serde_json::from_slice(&std::fs::read(dir.path().join(PENDING_MARKER)).unwrap())
+                .unwrap();
         assert_eq!(p.trial_volume, "b");
         clear_trial(dir.path()).unwrap();
         assert!(!dir.path().join(TRIAL_MARKER).exists());

@@ -194,9 +194,17 @@ mod tests {
         assert_eq!(e.code, "raid-not-supported");
         assert!(e.message.contains("storage.raid"));
         let enc = format!("{base}  encryption:\n    volumes:\n    - id: e\n      deviceName: e\n      deviceId: a\n");
-        assert_eq!(check_supported(&hc(&enc)).unwrap_err().code, "encryption-not-supported");
+        assert_eq!(
+            check_supported(&hc(&enc)).unwrap_err().code,
+            "encryption-not-supported"
+        );
         assert!(check_supported(&hc(base)).is_ok());
-        assert_eq!(check_supported(&hc("os:\n  hostname: x\n")).unwrap_err().code, "no-disks");
+        assert_eq!(
+            check_supported(&hc("os:\n  hostname: x\n"))
+                .unwrap_err()
+                .code,
+            "no-disks"
+        );
     }
 
     #[test]

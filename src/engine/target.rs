@@ -4,12 +4,17 @@
 use super::layout::{is_pair, Layout};
 use super::EngineContext;
 use crate::config::{FileSystem, FileSystemSource, HostConfiguration, ServicingType};
-use crate::configure::{configure_target, run_hooks, ConfigureContext, FstabEntry, HookContext, HookPhase};
+use crate::configure::{
+    configure_target, run_hooks, ConfigureContext, FstabEntry, HookContext, HookPhase,
+};
 use crate::error::{find_trident_error, TridentError};
 use crate::status::AbVolume;
 use crate::storage::mkfs::{probe, Mount};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
+
+/// How often a busy unmount is retried.
+pub const UNMOUNT_RETRIES: u32 = 50;
 
 /// Filesystems the kernel cannot or must not mount for configuration.
 fn mountable(fs_type: &str) -> bool {
@@ -25,10 +30,28 @@ pub struct TargetTree {
 }
 
 impl TargetTree {
-    /// Unmount everything, reporting errors.
+    /// Unmount everything, reporting errors. A mount that is briefly busy (a process
+    /// forked elsewhere may hold a descriptor until its `exec`) is retried for up to
+    /// [`UNMOUNT_RETRIES`] × 100 ms.
     pub fn unmount(mut self) -> Result<()> {
         while let Some(m) = self.mounts.pop() {
-            m.unmount()?;
+            let mut tries = 0;
+            loop {
+                match nix::mount::umount(m.path()) {
+                    Ok(()) => {
+                        // Already unmounted: skip the guard's own unmount.
+                        std::mem::forget(m);
+                        break;
+                    }
+                    Err(nix::errno::Errno::EBUSY) if tries < UNMOUNT_RETRIES => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                    }
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("unmounting {}", m.path().display()))
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -100,11 +123,16 @@ pub fn mount_tree(
         .into());
     }
     for fs in list {
-        let part = layout.volume_partition(hc, fs.device_id.as_deref().unwrap_or_default(), volume)?;
+        let part =
+            layout.volume_partition(hc, fs.device_id.as_deref().unwrap_or_default(), volume)?;
         let Some(info) = probe(&part.path)? else {
             return Err(TridentError::servicing(
                 "filesystem-missing",
-                format!("{} on {} has no filesystem", fs.describe(), part.path.display()),
+                format!(
+                    "{} on {} has no filesystem",
+                    fs.describe(),
+                    part.path.display()
+                ),
             )
             .into());
         };
@@ -115,7 +143,8 @@ pub fn mount_tree(
         let at = dir.join(mp.strip_prefix("/").unwrap_or(mp));
         std::fs::create_dir_all(&at).with_context(|| format!("creating {}", at.display()))?;
         let opts = if read_only { "ro" } else { "rw" };
-        tree.mounts.push(Mount::new(&part.path, &at, &info.fs_type, Some(opts))?);
+        tree.mounts
+            .push(Mount::new(&part.path, &at, &info.fs_type, Some(opts))?);
     }
     Ok(tree)
 }
@@ -193,7 +222,11 @@ pub fn run_hook_phase(phase: HookPhase, hc: &HostConfiguration, hctx: &HookConte
         Ok(()) => Ok(()),
         Err(e)
             if find_trident_error(&e).is_some_and(|t| t.code == "not-implemented")
-                && hc.scripts.hooks().iter().all(|(_, s)| s.iter().all(|s| !s.should_run(hctx.servicing_type))) =>
+                && hc
+                    .scripts
+                    .hooks()
+                    .iter()
+                    .all(|(_, s)| s.iter().all(|s| !s.should_run(hctx.servicing_type))) =>
         {
             Ok(())
         }

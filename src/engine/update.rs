@@ -61,13 +61,23 @@ pub fn classify(applied: &HostConfiguration, new: &HostConfiguration) -> UpdateK
 
 /// The volume the running root filesystem is on (override, else mountinfo), if it is
 /// one of the root pair's volumes.
-pub fn booted_volume(hc: &HostConfiguration, layout: &Layout, ctx: &EngineContext) -> Result<Option<AbVolume>> {
+pub fn booted_volume(
+    hc: &HostConfiguration,
+    layout: &Layout,
+    ctx: &EngineContext,
+) -> Result<Option<AbVolume>> {
     let root_dev: Option<PathBuf> = match &ctx.booted_root_override {
         Some(p) => Some(p.clone()),
         None => crate::storage::mounts::find_root_device()?.map(|r| r.path),
     };
-    let Some(root_dev) = root_dev else { return Ok(None) };
-    let Some(root_id) = hc.storage.root_filesystem().and_then(|f| f.device_id.clone()) else {
+    let Some(root_dev) = root_dev else {
+        return Ok(None);
+    };
+    let Some(root_id) = hc
+        .storage
+        .root_filesystem()
+        .and_then(|f| f.device_id.clone())
+    else {
         return Ok(None);
     };
     for v in [AbVolume::VolumeA, AbVolume::VolumeB] {
@@ -88,7 +98,9 @@ pub fn stage(hc: &HostConfiguration, ctx: &EngineContext) -> Result<StageOutcome
     let hs = store.host_status()?;
     let applied = match hs.servicing_state {
         ServicingState::Provisioned => hs.spec.clone(),
-        ServicingState::AbUpdateStaged => hs.previous_spec.clone().unwrap_or_else(|| hs.spec.clone()),
+        ServicingState::AbUpdateStaged => {
+            hs.previous_spec.clone().unwrap_or_else(|| hs.spec.clone())
+        }
         other => {
             return Err(TridentError::servicing(
                 "servicing-in-progress",
@@ -158,7 +170,10 @@ fn stage_inner(
     touched: &mut Vec<PathBuf>,
 ) -> Result<AbVolume> {
     let active = hs.active_volume.ok_or_else(|| {
-        anyhow::Error::new(TridentError::internal("missing-active-volume", "the Host Status has no active volume"))
+        anyhow::Error::new(TridentError::internal(
+            "missing-active-volume",
+            "the Host Status has no active volume",
+        ))
     })?;
     let inactive = active.other();
     // A run killed mid-way may have left the inactive volume mounted under the work
@@ -172,7 +187,9 @@ fn stage_inner(
             format!(
                 "the running root is {} but the datastore says the active volume is {active}; \
                  refusing to write the other volume",
-                booted.map(|v| v.to_string()).unwrap_or_else(|| "not an A/B volume".into())
+                booted
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "not an A/B volume".into())
             ),
         )
         .into());
@@ -210,7 +227,11 @@ fn stage_inner(
     }
     for (img, part, active_path) in &jobs {
         if same_device(&part.path, active_path) {
-            return Err(TridentError::internal("active-volume-target", "refusing to write the active volume").into());
+            return Err(TridentError::internal(
+                "active-volume-target",
+                "refusing to write the active volume",
+            )
+            .into());
         }
         touched.push(part.path.clone());
         image::stream_to(&cosi, img, &part.path, false, ctx)?;
@@ -221,11 +242,23 @@ fn stage_inner(
     ctx.cancelled()?;
     let dir = ctx.work_dir.join("stage-target");
     let tree = target::mount_tree(hc, &layout, inactive, &dir, false, false)?;
-    let root_id = hc.storage.root_filesystem().and_then(|f| f.device_id.clone()).unwrap_or_default();
+    let root_id = hc
+        .storage
+        .root_filesystem()
+        .and_then(|f| f.device_id.clone())
+        .unwrap_or_default();
     let root_part = layout.volume_partition(hc, &root_id, inactive)?;
-    let info = bootcfg::volume_boot_info(hc, boot_volume(inactive), &tree.root, root_part.part_uuid)?;
+    let info =
+        bootcfg::volume_boot_info(hc, boot_volume(inactive), &tree.root, root_part.part_uuid)?;
     let fstab = target::fstab(hc, &layout, inactive)?;
-    target::configure(hc, &tree, fstab, ServicingType::AbUpdate, Some(ctx.host_root.clone()), ctx)?;
+    target::configure(
+        hc,
+        &tree,
+        fstab,
+        ServicingType::AbUpdate,
+        Some(ctx.host_root.clone()),
+        ctx,
+    )?;
     // Stale markers from an earlier life of this volume must not survive.
     markers::clear_trial(&tree.root)?;
     markers::remove(&tree.root.join(crate::generator::markers::PENDING_MARKER))?;
@@ -244,7 +277,11 @@ pub fn finalize(ctx: &EngineContext) -> Result<()> {
     let mut store = Datastore::open_existing(&ctx.datastore_path)?;
     let hs = store.host_status()?;
     let (operation, transition, servicing) = match hs.servicing_state {
-        ServicingState::AbUpdateStaged => (TrialOperation::AbUpdate, Transition::FinalizeAbUpdate, ServicingType::AbUpdate),
+        ServicingState::AbUpdateStaged => (
+            TrialOperation::AbUpdate,
+            Transition::FinalizeAbUpdate,
+            ServicingType::AbUpdate,
+        ),
         ServicingState::ManualRollbackAbStaged => (
             TrialOperation::ManualRollbackAb,
             Transition::FinalizeManualRollbackAb,
@@ -259,7 +296,10 @@ pub fn finalize(ctx: &EngineContext) -> Result<()> {
         }
     };
     let target_volume = hs.target_volume.ok_or_else(|| {
-        anyhow::Error::new(TridentError::internal("missing-target-volume", "the staged Host Status has no target volume"))
+        anyhow::Error::new(TridentError::internal(
+            "missing-target-volume",
+            "the staged Host Status has no target volume",
+        ))
     })?;
     let hc = &hs.spec;
     let layout = layout::resolve(hc)?;
@@ -301,14 +341,25 @@ mod tests {
         let base = "image:\n  url: file:///a.cosi\n  sha384: ignored\nos:\n  hostname: h\n";
         let a = hc(base);
         assert_eq!(classify(&a, &a), UpdateKind::None);
-        assert_eq!(classify(&a, &hc(&base.replace("a.cosi", "b.cosi"))), UpdateKind::AbUpdate);
-        assert_eq!(classify(&a, &hc(&base.replace("hostname: h", "hostname: g"))), UpdateKind::AbUpdate);
+        assert_eq!(
+            classify(&a, &hc(&base.replace("a.cosi", "b.cosi"))),
+            UpdateKind::AbUpdate
+        );
+        assert_eq!(
+            classify(&a, &hc(&base.replace("hostname: h", "hostname: g"))),
+            UpdateKind::AbUpdate
+        );
         assert_eq!(
             classify(&a, &hc(&format!("{base}  netplan:\n    version: 2\n"))),
             UpdateKind::RuntimeUpdate
         );
         assert_eq!(
-            classify(&a, &hc(&format!("{base}storage:\n  disks:\n  - id: d\n    device: /dev/x\n"))),
+            classify(
+                &a,
+                &hc(&format!(
+                    "{base}storage:\n  disks:\n  - id: d\n    device: /dev/x\n"
+                ))
+            ),
             UpdateKind::StorageChanged
         );
     }
