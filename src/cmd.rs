@@ -101,6 +101,32 @@ impl Cmd {
             .with_context(|| format!("output of `{}` is not UTF-8", self.render()))
     }
 
+    /// Run with stdout and stderr merged into one pipe, calling `on_line` for each line
+    /// as it arrives, and return the exit status *without* checking it (for callers that
+    /// report a failure themselves, like hook scripts). Reading ends when every holder of
+    /// the pipe is gone, so a background child that keeps it open delays the return.
+    pub fn status_lines(&self, mut on_line: impl FnMut(&str)) -> Result<std::process::ExitStatus> {
+        use std::io::BufRead;
+        tracing::debug!(command = %self.render(), "running");
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).context("creating a pipe")?;
+        let w2 = w.try_clone().context("duplicating a pipe")?;
+        let mut child = {
+            let mut c = self.command();
+            c.stdout(Stdio::from(w)).stderr(Stdio::from(w2));
+            c.spawn()
+                .with_context(|| format!("starting `{}`", self.render()))?
+            // `c` (holding the write ends) is dropped here, so EOF arrives with the child.
+        };
+        let reader = std::io::BufReader::new(std::fs::File::from(r));
+        for line in reader.split(b'\n') {
+            let line = line.with_context(|| format!("reading output of `{}`", self.render()))?;
+            on_line(String::from_utf8_lossy(&line).trim_end_matches('\r'));
+        }
+        child
+            .wait()
+            .with_context(|| format!("waiting for `{}`", self.render()))
+    }
+
     /// Run and check the exit status.
     pub fn run(&self) -> Result<()> {
         self.output().map(|_| ())
@@ -152,6 +178,17 @@ mod tests {
         let msg = format!("{err:#}");
         assert!(msg.contains("boom"), "{msg}");
         assert!(msg.contains("sh -c"), "{msg}");
+    }
+
+    #[test]
+    fn status_lines_merges_streams_and_returns_status() {
+        let mut lines = Vec::new();
+        let status = Cmd::new("sh")
+            .args(["-c", "echo one; echo two >&2; echo three; exit 4"])
+            .status_lines(|l| lines.push(l.to_string()))
+            .unwrap();
+        assert_eq!(status.code(), Some(4));
+        assert_eq!(lines, ["one", "two", "three"]);
     }
 
     #[test]
