@@ -20,6 +20,7 @@ use trident::storage::loopdev::{LoopDevice, Options};
 use trident::storage::mkfs::Mount;
 
 const MIB: u64 = 1 << 20;
+const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
 
 fn skip() -> bool {
     if !nix::unistd::Uid::effective().is_root() {
@@ -110,6 +111,13 @@ impl Host {
         for d in ["efivars", "hostroot", "work"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
+        // The running OS's identity, carried forward into staged volumes.
+        std::fs::create_dir_all(dir.path().join("hostroot/etc")).unwrap();
+        std::fs::write(
+            dir.path().join("hostroot/etc/machine-id"),
+            format!("{MACHINE_ID}\n"),
+        )
+        .unwrap();
         let lo = attach.then(|| LoopDevice::attach(&disk_file, Options::default()).unwrap());
         Host {
             dir,
@@ -426,6 +434,10 @@ fn install_update_commit_rollback() {
         "the active volume was modified"
     );
     assert_eq!(host.read_ext4(3, "etc/os-version").unwrap().trim(), "v2");
+    assert_eq!(
+        host.read_ext4(3, "etc/machine-id").unwrap().trim(),
+        MACHINE_ID
+    );
     assert!(host
         .dir
         .path()
