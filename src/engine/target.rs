@@ -85,7 +85,7 @@ pub fn clean_stale_mounts(dir: &Path) -> Result<()> {
 /// Which filesystems belong to the tree of a volume: with `shared`, every mountable
 /// filesystem (install); without, only those on A/B pairs (update: shared volumes are
 /// in use by the running OS).
-fn tree_filesystems<'a>(hc: &'a HostConfiguration, shared: bool) -> Vec<&'a FileSystem> {
+fn tree_filesystems(hc: &HostConfiguration, shared: bool) -> Vec<&FileSystem> {
     let mut list: Vec<&FileSystem> = hc
         .storage
         .filesystems
