@@ -60,6 +60,66 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+    /// Install the OS onto the disks of a Host Configuration (clean install).
+    Install {
+        /// Host Configuration file (YAML).
+        #[arg(default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Operations allowed (a clean install needs both).
+        #[arg(long, value_delimiter = ',', default_values = ["stage", "finalize"])]
+        allowed_operations: Vec<Operation>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// A/B update to a Host Configuration: stage, then finalize (as allowed).
+    Update {
+        /// Host Configuration file (YAML).
+        #[arg(default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// Operations allowed: `stage`, `finalize` or both.
+        #[arg(long, value_delimiter = ',', default_values = ["stage", "finalize"])]
+        allowed_operations: Vec<Operation>,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Write the update into the inactive volume (no reboot).
+    Stage {
+        /// Host Configuration file (YAML).
+        #[arg(default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Arm one trial boot into the staged volume and reboot.
+    Finalize {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// On a trial boot: make the booted volume the default (or record the fallback).
+    Commit {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Go back to the previous OS.
+    Rollback {
+        /// Boot the OS still on the inactive volume (the default).
+        #[arg(long, conflicts_with = "runtime")]
+        ab: bool,
+        /// Revert the last runtime update.
+        #[arg(long)]
+        runtime: bool,
+        /// Only print what would happen.
+        #[arg(long)]
+        check: bool,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Verbs the systemd units call (see docs/units.md); not a stable interface.
+    #[command(hide = true)]
+    Internal {
+        #[command(subcommand)]
+        command: InternalCommand,
+    },
     /// Work with COSI images.
     Cosi {
         #[command(subcommand)]
@@ -139,6 +199,88 @@ impl SourceArgs {
     }
 }
 
+/// Options shared by the servicing verbs.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Datastore path (default: from /etc/trident/trident.conf, else
+    /// /var/lib/trident/datastore.sqlite).
+    #[arg(long)]
+    pub datastore: Option<PathBuf>,
+    /// efivarfs directory (tests use a plain directory).
+    #[arg(long, default_value = crate::boot::efivar::DEFAULT_ROOT)]
+    pub efivars: PathBuf,
+    /// Do not reboot at the end.
+    #[arg(long)]
+    pub no_reboot: bool,
+    /// Root of the running OS (markers, staged stamp).
+    #[arg(long, default_value = "/", hide = true)]
+    pub host_root: PathBuf,
+    /// Block device to treat as the running root (tests).
+    #[arg(long, hide = true)]
+    pub booted_root: Option<PathBuf>,
+    /// Directory for temporary mounts and files.
+    #[arg(long, default_value = "/run/trident/engine", hide = true)]
+    pub work_dir: PathBuf,
+}
+
+/// A servicing operation allowed by `--allowed-operations`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Operation {
+    Stage,
+    Finalize,
+}
+
+/// Hidden verbs the systemd units call.
+#[derive(Debug, Subcommand)]
+pub enum InternalCommand {
+    /// Stage from the first existing request file, else the configuration.
+    Stage {
+        /// Request files (Host Configurations written by tridentd), first existing wins.
+        #[arg(long)]
+        request: Vec<PathBuf>,
+        /// Host Configuration used when no request file exists.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Arm the trial boot (the unit reboots).
+    Finalize {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Run one Host Configuration health check.
+    HealthCheck {
+        /// The check's name.
+        name: String,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Record a failed health check on a trial boot (the unit reboots).
+    HealthCheckFailed {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Commit the trial boot.
+    Commit {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// On the old volume after a failed trial: record the rollback.
+    RecordRollback {
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Clean install from the Host Configuration at LOC (the unit reboots).
+    Install {
+        /// Host Configuration path.
+        #[arg(long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
 /// Output format for human-or-machine output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -200,6 +342,50 @@ fn run(cli: Cli) -> Result<()> {
             datastore,
             limit,
         } => get(kind, format, datastore.as_deref(), limit),
+        Command::Install {
+            config,
+            allowed_operations,
+            engine,
+        } => install(&config, &allowed_operations, &engine, true),
+        Command::Update {
+            config,
+            allowed_operations,
+            engine,
+        } => update(&config, &allowed_operations, &engine),
+        Command::Stage { config, engine } => update(&config, &[Operation::Stage], &engine),
+        Command::Finalize { engine } => finalize(&engine, true),
+        Command::Commit { engine } => commit(&engine),
+        Command::Rollback {
+            ab: _,
+            runtime,
+            check,
+            engine,
+        } => rollback(runtime, check, &engine),
+        Command::Internal { command } => match command {
+            InternalCommand::Stage {
+                request,
+                config,
+                engine,
+            } => internal_stage(&request, &config, &engine),
+            InternalCommand::Finalize { engine } => finalize(&engine, false),
+            InternalCommand::HealthCheck { name, engine } => health_check(&name, &engine),
+            InternalCommand::HealthCheckFailed { engine } => crate::engine::health_check_failed(
+                &engine_ctx(&engine, None, false)?,
+                "a health check failed",
+            ),
+            InternalCommand::Commit { engine } => commit(&engine),
+            InternalCommand::RecordRollback { engine } => {
+                let outcome = crate::engine::record_rollback(&engine_ctx(&engine, None, false)?)?;
+                eprintln!("{outcome:?}");
+                Ok(())
+            }
+            InternalCommand::Install { config, engine } => install(
+                &config,
+                &[Operation::Stage, Operation::Finalize],
+                &engine,
+                false,
+            ),
+        },
         Command::Cosi { command } => match command {
             CosiCommand::Inspect {
                 image,
@@ -312,6 +498,120 @@ fn cosi_build(args: &crate::cosi::build::args::BuildArgs, format: Format) -> Res
         Format::Yaml => print!("{}", serde_yaml::to_string(&summary)?),
     }
     Ok(())
+}
+
+/// The engine context for a servicing verb. `reboot`: the verb may reboot (public
+/// verbs, unless `--no-reboot`; never the units' internal verbs).
+fn engine_ctx(
+    args: &EngineArgs,
+    hc: Option<&crate::config::HostConfiguration>,
+    reboot: bool,
+) -> Result<crate::engine::EngineContext> {
+    let hc_path = hc.map(|h| h.trident.datastore_path().to_path_buf());
+    let path = crate::datastore::resolve_path(
+        args.datastore.as_deref(),
+        hc_path.as_deref(),
+        Path::new(DEFAULT_CONF_FILE),
+    )?;
+    let mut ctx = crate::engine::EngineContext::new(path);
+    ctx.efivars_root = args.efivars.clone();
+    ctx.allow_reboot = reboot && !args.no_reboot;
+    ctx.host_root = args.host_root.clone();
+    ctx.booted_root_override = args.booted_root.clone();
+    ctx.work_dir = args.work_dir.clone();
+    let reporter = std::sync::Arc::new(crate::progress::Reporter::new("servicing"));
+    ctx.progress =
+        std::sync::Arc::new(move |_what: &str, done, total| reporter.update(done, total));
+    Ok(ctx)
+}
+
+fn install(path: &Path, ops: &[Operation], args: &EngineArgs, reboot: bool) -> Result<()> {
+    if !(ops.contains(&Operation::Stage) && ops.contains(&Operation::Finalize)) {
+        return Err(crate::TridentError::unsupported(
+            "install-needs-stage-and-finalize",
+            "a clean install is staged and finalized in one run: allow both operations",
+        )
+        .into());
+    }
+    let hc = load_config(path)?;
+    let mut ctx = engine_ctx(args, Some(&hc), reboot)?;
+    ctx.config_dir = path.parent().map(Path::to_path_buf);
+    crate::engine::install(&hc, &ctx)
+}
+
+fn update(path: &Path, ops: &[Operation], args: &EngineArgs) -> Result<()> {
+    if ops.contains(&Operation::Stage) {
+        let hc = load_config(path)?;
+        let mut ctx = engine_ctx(args, Some(&hc), false)?;
+        ctx.config_dir = path.parent().map(Path::to_path_buf);
+        match crate::engine::stage(&hc, &ctx)? {
+            crate::engine::StageOutcome::NothingToDo => {
+                eprintln!("no update required: the Host Configuration is already applied");
+                return Ok(());
+            }
+            crate::engine::StageOutcome::Staged(v) => eprintln!("staged into {v}"),
+        }
+    }
+    if ops.contains(&Operation::Finalize) {
+        finalize(args, true)?;
+    }
+    Ok(())
+}
+
+fn finalize(args: &EngineArgs, reboot: bool) -> Result<()> {
+    crate::engine::finalize(&engine_ctx(args, None, reboot)?)
+}
+
+fn commit(args: &EngineArgs) -> Result<()> {
+    let outcome = crate::engine::commit(&engine_ctx(args, None, false)?)?;
+    match outcome {
+        crate::engine::CommitOutcome::Committed(v) => {
+            eprintln!("committed: {v} is the active volume")
+        }
+        crate::engine::CommitOutcome::RolledBack(v) => {
+            eprintln!("the trial boot failed: recorded the rollback, {v} stays active")
+        }
+        crate::engine::CommitOutcome::NothingToCommit(s) => {
+            eprintln!("nothing to commit (host is {s})")
+        }
+    }
+    Ok(())
+}
+
+fn rollback(runtime: bool, check: bool, args: &EngineArgs) -> Result<()> {
+    if runtime {
+        return Err(crate::TridentError::unsupported(
+            "runtime-rollback-not-supported",
+            "runtime updates are not supported by this engine yet, so there is none to revert",
+        )
+        .into());
+    }
+    let plan = crate::engine::rollback_ab(&engine_ctx(args, None, !check)?, check)?;
+    if check {
+        println!("would {plan}");
+    } else {
+        eprintln!("{plan}");
+    }
+    Ok(())
+}
+
+fn internal_stage(requests: &[PathBuf], config: &Path, args: &EngineArgs) -> Result<()> {
+    let request = requests.iter().find(|p| p.exists());
+    let path = request.map(PathBuf::as_path).unwrap_or(config);
+    let result = update(path, &[Operation::Stage], args);
+    if let Some(r) = request {
+        // The outcome is recorded in the datastore either way.
+        if let Err(e) = std::fs::remove_file(r) {
+            tracing::warn!(request = %r.display(), "could not remove the request file: {e}");
+        }
+    }
+    result
+}
+
+fn health_check(name: &str, args: &EngineArgs) -> Result<()> {
+    let store =
+        crate::datastore::Datastore::open_existing(&engine_ctx(args, None, false)?.datastore_path)?;
+    crate::engine::health::run_check(&store.host_status()?.spec, name)
 }
 
 /// Print text, ending with exactly one newline.

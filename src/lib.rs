@@ -12,6 +12,7 @@
 //! - [`boot`]      — boot control: EFI variables, systemd-boot entries, UEFI load options,
 //!   the ESP (FAT in user space).
 //! - [`configure`] — configures a target OS root before first boot; runs hook scripts.
+//! - [`engine`]    — servicing flows: install, stage/finalize (A/B update), commit, rollback.
 //! - [`generator`] — `trident-generator`: wires trial/rollback/installer units at boot.
 //! - [`dbus`]      — `tridentd`, the D-Bus service `io.trident.Trident1`, and its client.
 //! - [`cmd`]       — the one wrapper for running external tools.
@@ -31,6 +32,7 @@ pub mod configure;
 pub mod cosi;
 pub mod datastore;
 pub mod dbus;
+pub mod engine;
 pub mod error;
 pub mod generator;
 pub mod logging;

@@ -1,0 +1,769 @@
+//! The engine end to end on loop devices over sparse files (root): install v1 onto an
+//! A/B layout, first-boot commit, stage v2 (active volume byte-identical), finalize,
+//! commit on B, manual rollback to A; bad input; SIGKILL at random points of stage.
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use trident::boot::efivar::SYSTEMD_LOADER;
+use trident::boot::esp::{EspFs, FatEsp};
+use trident::boot::{EfiVars, FatLocation};
+use trident::config::HostConfiguration;
+use trident::datastore::Datastore;
+use trident::engine::{self, CommitOutcome, EngineContext, StageOutcome};
+use trident::error::find_trident_error;
+use trident::status::{AbVolume, ServicingState, Transition};
+use trident::storage::blkpg::partition_path;
+use trident::storage::loopdev::{LoopDevice, Options};
+use trident::storage::mkfs::Mount;
+
+const MIB: u64 = 1 << 20;
+const MACHINE_ID: &str = "0123456789abcdef0123456789abcdef";
+
+fn skip() -> bool {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root");
+        return true;
+    }
+    for t in ["sfdisk", "mkfs.vfat", "mcopy", "mke2fs"] {
+        if !trident::cmd::have_program(t) {
+            eprintln!("skipping: needs {t} (fdisk, dosfstools, mtools, e2fsprogs)");
+            return true;
+        }
+    }
+    false
+}
+
+struct Images {
+    _dir: tempfile::TempDir,
+    v1: PathBuf,
+    v2: PathBuf,
+    arm: PathBuf,
+}
+
+/// v1, v2 and an aarch64-labelled COSI, built once per test binary.
+fn images() -> &'static Images {
+    static IMAGES: OnceLock<Images> = OnceLock::new();
+    IMAGES.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("engine-img")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let script =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/make-disk-image.sh");
+        let mut out = Vec::new();
+        for (name, variant, arch) in [
+            ("v1", "v1", None),
+            ("v2", "v2", None),
+            ("arm", "v1", Some("aarch64")),
+        ] {
+            let raw = dir.path().join(format!("{name}.img"));
+            let st = Command::new("bash")
+                .arg(&script)
+                .arg(&raw)
+                .arg(variant)
+                .env("ESP_MB", "40")
+                .env("ROOT_MB", "24")
+                .env("VAR_MB", "0")
+                .stdout(std::process::Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "make-disk-image.sh failed");
+            let cosi = dir.path().join(format!("{name}.cosi"));
+            let mut opts = trident::cosi::build::BuildOptions::new(&raw, &cosi);
+            opts.os_arch = arch.map(str::to_string);
+            opts.threads = 1;
+            trident::cosi::build::build(&opts, &|_, _| {}).unwrap();
+            std::fs::remove_file(&raw).unwrap();
+            out.push(cosi);
+        }
+        Images {
+            v2: out[1].clone(),
+            arm: out[2].clone(),
+            v1: out.remove(0),
+            _dir: dir,
+        }
+    })
+}
+
+/// One simulated host: a disk (sparse file + loop device), a datastore, an efivarfs
+/// directory, a running-root directory and a work directory.
+struct Host {
+    dir: tempfile::TempDir,
+    disk_file: PathBuf,
+    lo: Option<LoopDevice>,
+    root_size: &'static str,
+}
+
+impl Host {
+    fn new(size: u64, attach: bool) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("engine-host")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let disk_file = dir.path().join("disk.img");
+        std::fs::File::create(&disk_file)
+            .unwrap()
+            .set_len(size)
+            .unwrap();
+        for d in ["efivars", "hostroot", "work"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        // The running OS's identity, carried forward into staged volumes.
+        std::fs::create_dir_all(dir.path().join("hostroot/etc")).unwrap();
+        std::fs::write(
+            dir.path().join("hostroot/etc/machine-id"),
+            format!("{MACHINE_ID}\n"),
+        )
+        .unwrap();
+        let lo = attach.then(|| LoopDevice::attach(&disk_file, Options::default()).unwrap());
+        Host {
+            dir,
+            disk_file,
+            lo,
+            root_size: "40M",
+        }
+    }
+    fn device(&self) -> PathBuf {
+        match &self.lo {
+            Some(l) => l.path().to_path_buf(),
+            None => self.disk_file.clone(),
+        }
+    }
+    fn part(&self, n: u32) -> PathBuf {
+        partition_path(self.lo.as_ref().unwrap().path(), n)
+    }
+    fn hc_text(&self, cosi: &Path, extra_fs: &str) -> String {
+        format!(
+            "storage:
+  disks:
+  - id: os
+    device: {dev}
+    partitions:
+    - id: esp
+      type: esp
+      size: 40M
+    - id: root-a
+      type: root
+      size: {rs}
+    - id: root-b
+      type: root
+      size: {rs}
+    - id: trident
+      type: linux-generic
+      size: 16M
+    - id: srv
+      type: srv
+      size: 8M
+  abUpdate:
+    volumePairs:
+    - id: root
+      volumeAId: root-a
+      volumeBId: root-b
+  filesystems:
+  - deviceId: esp
+    mountPoint:
+      path: /boot/efi
+      options: umask=0077
+  - deviceId: root
+    mountPoint: /
+  - deviceId: trident
+    source: new
+    mountPoint: /var/lib/trident
+{extra_fs}image:
+  url: file://{cosi}
+  sha384: ignored
+os:
+  hostname: engine-test
+  kernelCommandLine:
+    extraCommandLine:
+    - console=ttyS0
+",
+            dev = self.device().display(),
+            rs = self.root_size,
+            cosi = cosi.display()
+        )
+    }
+    fn hc(&self, cosi: &Path) -> HostConfiguration {
+        self.hc_from(&self.hc_text(cosi, ""))
+    }
+    fn hc_from(&self, text: &str) -> HostConfiguration {
+        let path = self.dir.path().join("hc.yaml");
+        std::fs::write(&path, text).unwrap();
+        trident::config::load_and_validate(&path).unwrap().0
+    }
+    fn ctx(&self, booted: Option<u32>) -> EngineContext {
+        let mut c = EngineContext::new(self.dir.path().join("ds/datastore.sqlite"));
+        c.efivars_root = self.dir.path().join("efivars");
+        c.host_root = self.dir.path().join("hostroot");
+        c.work_dir = self.dir.path().join("work");
+        c.booted_root_override = booted.map(|n| self.part(n));
+        c
+    }
+    fn store(&self) -> Datastore {
+        Datastore::open_existing(&self.dir.path().join("ds/datastore.sqlite")).unwrap()
+    }
+    fn state(&self) -> (ServicingState, Option<AbVolume>) {
+        let hs = self.store().host_status().unwrap();
+        (hs.servicing_state, hs.active_volume)
+    }
+    fn efivar(&self, name: &str) -> Option<String> {
+        EfiVars::new(self.dir.path().join("efivars"))
+            .get_string(name, &SYSTEMD_LOADER)
+            .unwrap()
+    }
+    /// Read a file from a partition's ext4 filesystem.
+    fn read_ext4(&self, n: u32, rel: &str) -> Option<String> {
+        let mnt = self.dir.path().join(format!("mnt{n}"));
+        std::fs::create_dir_all(&mnt).unwrap();
+        let m = Mount::new(&self.part(n), &mnt, "ext4", Some("ro")).unwrap();
+        let r = std::fs::read_to_string(mnt.join(rel)).ok();
+        m.unmount().unwrap();
+        r
+    }
+    fn esp(&self) -> FatEsp {
+        FatEsp::open_read_only(&FatLocation::whole(self.part(1))).unwrap()
+    }
+    fn efivars_snapshot(&self) -> Vec<(String, Vec<u8>)> {
+        let mut v: Vec<_> = std::fs::read_dir(self.dir.path().join("efivars"))
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    std::fs::read(e.path()).unwrap(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
+    /// Install v1 and commit its first boot on A.
+    fn installed(&self) -> HostConfiguration {
+        let hc = self.hc(&images().v1);
+        engine::install(&hc, &self.ctx(None)).unwrap();
+        assert_eq!(
+            engine::commit(&self.ctx(Some(2))).unwrap(),
+            CommitOutcome::Committed(AbVolume::VolumeA)
+        );
+        hc
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = trident::engine::target::clean_stale_mounts(&self.dir.path().join("work"));
+    }
+}
+
+fn sha256_of(path: &Path) -> String {
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).unwrap();
+    hex::encode(h.finalize())
+}
+
+fn code(e: &anyhow::Error) -> String {
+    find_trident_error(e)
+        .map(|t| t.code)
+        .unwrap_or_else(|| format!("untyped: {e:#}"))
+}
+
+#[test]
+fn install_update_commit_rollback() {
+    if skip() {
+        return;
+    }
+    let host = Host::new(256 * MIB, true);
+    let hc = host.hc(&images().v1);
+    engine::install(&hc, &host.ctx(None)).unwrap();
+
+    // Partition table.
+    let json = trident::cmd::Cmd::new("sfdisk")
+        .arg("--json")
+        .arg(host.device())
+        .output_string()
+        .unwrap();
+    let table: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let parts = table["partitiontable"]["partitions"].as_array().unwrap();
+    let names: Vec<&str> = parts.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["esp", "root-a", "root-b", "trident", "srv"]);
+    assert_eq!(
+        parts[0]["type"].as_str().unwrap().to_ascii_lowercase(),
+        "c12a7328-f81f-11d2-ba4b-00a0c93ec93b"
+    );
+    assert_eq!(parts[1]["size"].as_u64().unwrap() * 512, 40 * MIB);
+
+    // Volume A: the image, configured.
+    assert_eq!(host.read_ext4(2, "etc/os-version").unwrap().trim(), "v1");
+    assert_eq!(
+        host.read_ext4(2, "etc/hostname").unwrap().trim(),
+        "engine-test"
+    );
+    let fstab = host.read_ext4(2, "etc/fstab").unwrap();
+    assert!(
+        fstab
+            .lines()
+            .any(|l| l.starts_with("UUID=") && l.split_whitespace().nth(1) == Some("/")),
+        "{fstab}"
+    );
+    assert!(fstab.contains("/var/lib/trident"), "{fstab}");
+    let trial = host.read_ext4(2, "etc/trident/boot/trial").unwrap();
+    assert!(trial.contains("clean-install"), "{trial}");
+    // Root grown to its partition.
+    let df = trident::cmd::Cmd::new("dumpe2fs")
+        .args(["-h"])
+        .arg(host.part(2))
+        .output_string()
+        .unwrap();
+    let blocks: u64 = df
+        .lines()
+        .find_map(|l| l.strip_prefix("Block count:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(blocks * 4096, 40 * MIB);
+    // Volume B untouched (no filesystem).
+    assert!(trident::storage::mkfs::probe(&host.part(3))
+        .unwrap()
+        .is_none());
+    // The datastore persisted on the shared volume.
+    let copy = host.dir.path().join("ds-copy.sqlite");
+    {
+        let mnt = host.dir.path().join("mnt-ds");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let m = Mount::new(&host.part(4), &mnt, "ext4", Some("ro")).unwrap();
+        std::fs::copy(mnt.join("datastore.sqlite"), &copy).unwrap();
+        m.unmount().unwrap();
+    }
+    assert_eq!(
+        Datastore::open_existing(&copy)
+            .unwrap()
+            .host_status()
+            .unwrap()
+            .servicing_state,
+        ServicingState::CleanInstallFinalized
+    );
+
+    // ESP and EFI variables.
+    {
+        let esp = host.esp();
+        let entry =
+            String::from_utf8(esp.read_file("loader/entries/trident-a.conf").unwrap()).unwrap();
+        let uuid = parts[1]["uuid"].as_str().unwrap().to_ascii_lowercase();
+        assert!(
+            entry
+                .to_ascii_lowercase()
+                .contains(&format!("root=partuuid={uuid}")),
+            "{entry}"
+        );
+        assert!(entry.contains("console=ttyS0"), "{entry}");
+        assert!(
+            String::from_utf8_lossy(&esp.read_file("trident/a/linux").unwrap())
+                .contains("fake kernel")
+        );
+        let entries: Vec<String> = esp
+            .list("loader/entries")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(
+            entries,
+            ["trident-a.conf"],
+            "the image's own entry is removed"
+        );
+        assert!(esp.exists("EFI/systemd/systemd-bootx64.efi").unwrap());
+    }
+    assert_eq!(
+        host.efivar("LoaderEntryDefault").as_deref(),
+        Some("trident-a.conf")
+    );
+    assert_eq!(host.efivar("LoaderEntryOneShot"), None);
+    let files: Vec<String> = host
+        .efivars_snapshot()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        files.iter().any(|f| f.starts_with("Boot0000-")),
+        "{files:?}"
+    );
+    assert!(
+        files.iter().any(|f| f.starts_with("BootOrder-")),
+        "{files:?}"
+    );
+    assert_eq!(host.state().0, ServicingState::CleanInstallFinalized);
+
+    // First boot (on A): commit.
+    assert_eq!(
+        engine::commit(&host.ctx(Some(2))).unwrap(),
+        CommitOutcome::Committed(AbVolume::VolumeA)
+    );
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeA))
+    );
+    // Nothing to commit any more.
+    assert!(matches!(
+        engine::commit(&host.ctx(Some(2))).unwrap(),
+        CommitOutcome::NothingToCommit(_)
+    ));
+    // Same configuration: no update.
+    assert_eq!(
+        engine::stage(&hc, &host.ctx(Some(2))).unwrap(),
+        StageOutcome::NothingToDo
+    );
+
+    // Stage v2 with A booted: A byte-identical, B holds v2.
+    let a_before = sha256_of(&host.part(2));
+    let hc2 = host.hc(&images().v2);
+    // Booted from B (not the recorded active volume): refused.
+    let e = engine::stage(&hc2, &host.ctx(Some(3))).unwrap_err();
+    assert_eq!(code(&e), "unexpected-boot-volume");
+    assert_eq!(
+        engine::stage(&hc2, &host.ctx(Some(2))).unwrap(),
+        StageOutcome::Staged(AbVolume::VolumeB)
+    );
+    assert_eq!(
+        sha256_of(&host.part(2)),
+        a_before,
+        "the active volume was modified"
+    );
+    assert_eq!(host.read_ext4(3, "etc/os-version").unwrap().trim(), "v2");
+    assert_eq!(
+        host.read_ext4(3, "etc/machine-id").unwrap().trim(),
+        MACHINE_ID
+    );
+    assert!(host
+        .dir
+        .path()
+        .join("hostroot/var/lib/trident/staged")
+        .exists());
+    assert_eq!(host.state().0, ServicingState::AbUpdateStaged);
+    assert!(host.esp().exists("loader/entries/trident-b.conf").unwrap());
+    assert_eq!(
+        host.efivar("LoaderEntryDefault").as_deref(),
+        Some("trident-a.conf")
+    );
+
+    // Finalize: one-shot into B, markers.
+    engine::finalize(&host.ctx(Some(2))).unwrap();
+    assert_eq!(
+        host.efivar("LoaderEntryOneShot").as_deref(),
+        Some("trident-b.conf")
+    );
+    assert_eq!(
+        host.efivar("LoaderEntryDefault").as_deref(),
+        Some("trident-a.conf")
+    );
+    assert!(host
+        .dir
+        .path()
+        .join("hostroot/etc/trident/boot/pending")
+        .exists());
+    assert!(!host
+        .dir
+        .path()
+        .join("hostroot/var/lib/trident/staged")
+        .exists());
+    assert!(host
+        .read_ext4(3, "etc/trident/boot/trial")
+        .unwrap()
+        .contains("\"volume\":\"b\""));
+    assert_eq!(host.state().0, ServicingState::AbUpdateFinalized);
+
+    // Trial boot on B: commit.
+    assert_eq!(
+        engine::commit(&host.ctx(Some(3))).unwrap(),
+        CommitOutcome::Committed(AbVolume::VolumeB)
+    );
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeB))
+    );
+    assert_eq!(
+        host.efivar("LoaderEntryDefault").as_deref(),
+        Some("trident-b.conf")
+    );
+    assert_eq!(sha256_of(&host.part(2)).len(), 64);
+
+    // Manual rollback to A (no re-imaging).
+    let plan = engine::rollback_ab(&host.ctx(Some(3)), true).unwrap();
+    assert_eq!(plan.volume, AbVolume::VolumeA);
+    assert_eq!(
+        host.state().0,
+        ServicingState::Provisioned,
+        "--check changes nothing"
+    );
+    engine::rollback_ab(&host.ctx(Some(3)), false).unwrap();
+    assert_eq!(host.state().0, ServicingState::ManualRollbackAbFinalized);
+    assert_eq!(
+        host.efivar("LoaderEntryOneShot").as_deref(),
+        Some("trident-a.conf")
+    );
+    assert_eq!(
+        engine::commit(&host.ctx(Some(2))).unwrap(),
+        CommitOutcome::Committed(AbVolume::VolumeA)
+    );
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeA))
+    );
+    assert_eq!(host.read_ext4(2, "etc/os-version").unwrap().trim(), "v1");
+    let hs = host.store().host_status().unwrap();
+    assert!(
+        hs.spec.image.as_ref().unwrap().url.ends_with("v1.cosi"),
+        "spec restored"
+    );
+}
+
+#[test]
+fn failed_trial_boot_is_recorded_on_the_old_volume() {
+    if skip() {
+        return;
+    }
+    let host = Host::new(256 * MIB, true);
+    host.installed();
+    engine::stage(&host.hc(&images().v2), &host.ctx(Some(2))).unwrap();
+    engine::finalize(&host.ctx(Some(2))).unwrap();
+    // The trial did not take: the firmware came back to A.
+    assert_eq!(
+        engine::commit(&host.ctx(Some(2))).unwrap(),
+        CommitOutcome::RolledBack(AbVolume::VolumeA)
+    );
+    let hs = host.store().host_status().unwrap();
+    assert_eq!(hs.servicing_state, ServicingState::Provisioned);
+    assert_eq!(hs.active_volume, Some(AbVolume::VolumeA));
+    assert!(hs.spec.image.as_ref().unwrap().url.ends_with("v1.cosi"));
+    assert!(hs.last_error.is_some());
+    assert!(!host
+        .dir
+        .path()
+        .join("hostroot/etc/trident/boot/pending")
+        .exists());
+}
+
+#[test]
+fn bad_input_is_refused_before_the_disk_is_touched() {
+    if skip() {
+        return;
+    }
+    let img = images();
+    // Disk too small (the disk is a file: attached as a loop device by the engine).
+    let host = Host::new(64 * MIB, false);
+    let e = engine::install(&host.hc(&img.v1), &host.ctx(None)).unwrap_err();
+    assert_eq!(code(&e), "disk-too-small", "{e:#}");
+    assert_eq!(
+        std::fs::read(&host.disk_file)
+            .unwrap()
+            .iter()
+            .filter(|b| **b != 0)
+            .count(),
+        0
+    );
+
+    let mut host = Host::new(256 * MIB, false);
+    // Wrong architecture.
+    let e = engine::install(&host.hc(&img.arm), &host.ctx(None)).unwrap_err();
+    assert_eq!(code(&e), "image-wrong-architecture", "{e:#}");
+    assert!(format!("{e:#}").contains("aarch64"));
+    // Unreachable image.
+    let e =
+        engine::install(&host.hc(Path::new("/nonexistent/x.cosi")), &host.ctx(None)).unwrap_err();
+    assert!(format!("{e:#}").contains("/nonexistent/x.cosi"), "{e:#}");
+    // Missing mount point in the image.
+    let text = host.hc_text(&img.v1, "  - deviceId: srv\n    mountPoint: /srv\n");
+    let e = engine::install(&host.hc_from(&text), &host.ctx(None)).unwrap_err();
+    assert_eq!(code(&e), "image-mount-point-missing", "{e:#}");
+    assert!(format!("{e:#}").contains("/srv"));
+    // Image filesystem larger than its partition.
+    host.root_size = "16M";
+    let e = engine::install(&host.hc(&img.v1), &host.ctx(None)).unwrap_err();
+    assert_eq!(code(&e), "image-too-large", "{e:#}");
+    // RAID refused, naming the field.
+    host.root_size = "40M";
+    let text = host.hc_text(&img.v1, "").replace(
+        "  abUpdate:",
+        "  raid:\n    software:\n    - id: md\n      name: md0\n      level: raid1\n      devices: [srv, trident]\n  abUpdate:",
+    );
+    if let Ok(hc) = trident::config::parse(&text) {
+        let e = engine::install(&hc, &host.ctx(None)).unwrap_err();
+        assert_eq!(code(&e), "raid-not-supported");
+    }
+    // Nothing was ever written to the disk.
+    assert_eq!(
+        std::fs::read(&host.disk_file)
+            .unwrap()
+            .iter()
+            .filter(|b| **b != 0)
+            .count(),
+        0
+    );
+    let hs = host.store().host_status().unwrap();
+    assert_eq!(hs.servicing_state, ServicingState::NotProvisioned);
+    assert!(hs.last_error.is_some());
+}
+
+#[test]
+fn corrupt_image_mid_stage_leaves_the_host_as_it_was() {
+    if skip() {
+        return;
+    }
+    let host = Host::new(256 * MIB, true);
+    host.installed();
+    // Flip a byte in the middle of v2's root image.
+    let bad = host.dir.path().join("bad.cosi");
+    std::fs::copy(&images().v2, &bad).unwrap();
+    let cosi = trident::cosi::reader::Cosi::open(
+        Box::new(trident::cosi::source::FileSource::new(bad.to_str().unwrap()).unwrap()),
+        None,
+    )
+    .unwrap();
+    let root = cosi
+        .images()
+        .iter()
+        .find(|i| i.mount_point == "/")
+        .unwrap()
+        .image
+        .clone();
+    drop(cosi);
+    let at = root.data_offset + root.compressed_size / 2;
+    let mut data = std::fs::read(&bad).unwrap();
+    data[at as usize] ^= 0x5a;
+    std::fs::write(&bad, data).unwrap();
+
+    let a_before = sha256_of(&host.part(2));
+    let vars_before = host.efivars_snapshot();
+    let e = engine::stage(&host.hc(&bad), &host.ctx(Some(2))).unwrap_err();
+    assert!(format!("{e:#}").to_lowercase().contains("sha"), "{e:#}");
+    assert_eq!(sha256_of(&host.part(2)), a_before);
+    assert_eq!(host.efivars_snapshot(), vars_before);
+    let hs = host.store().host_status().unwrap();
+    assert_eq!(hs.servicing_state, ServicingState::Provisioned);
+    assert!(hs.last_error.is_some());
+    // The half-written volume has no filesystem and no boot entry.
+    assert!(trident::storage::mkfs::probe(&host.part(3))
+        .unwrap()
+        .is_none());
+    assert!(!host.esp().exists("loader/entries/trident-b.conf").unwrap());
+    // A good image stages fine afterwards.
+    engine::stage(&host.hc(&images().v2), &host.ctx(Some(2))).unwrap();
+    assert_eq!(host.read_ext4(3, "etc/os-version").unwrap().trim(), "v2");
+}
+
+/// SIGKILL `trident stage` at random points: the host stays provisioned on A with its
+/// boot configuration, and a later stage succeeds.
+#[test]
+fn stage_killed_at_random_points() {
+    if skip() {
+        return;
+    }
+    let host = Host::new(256 * MIB, true);
+    host.installed();
+    let hc_path = host.dir.path().join("hc2.yaml");
+    std::fs::write(&hc_path, host.hc_text(&images().v2, "")).unwrap();
+    let d = host.dir.path();
+    let stage_cmd = || {
+        // TRIDENT_BIN: a private copy of the binary (a shared target directory may be
+        // rebuilt by another checkout while the test runs).
+        let bin =
+            std::env::var("TRIDENT_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_trident").into());
+        let mut c = Command::new(bin);
+        c.arg("stage")
+            .arg(&hc_path)
+            .arg("--datastore")
+            .arg(d.join("ds/datastore.sqlite"))
+            .arg("--efivars")
+            .arg(d.join("efivars"))
+            .arg("--host-root")
+            .arg(d.join("hostroot"))
+            .arg("--work-dir")
+            .arg(d.join("work"))
+            .arg("--booted-root")
+            .arg(host.part(2))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let cancel = |host: &Host| {
+        let mut s = host.store();
+        s.transition(Transition::Cancel).unwrap();
+    };
+    // How long a whole stage takes.
+    let t0 = Instant::now();
+    let out = stage_cmd().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let full = t0.elapsed();
+    cancel(&host);
+
+    let a_before = sha256_of(&host.part(2));
+    let vars_before = host.efivars_snapshot();
+    let entry_a = host
+        .esp()
+        .read_file("loader/entries/trident-a.conf")
+        .unwrap();
+    let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
+    let mut killed = 0;
+    let mut runs = 0;
+    while killed < 30 && runs < 60 {
+        runs += 1;
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let delay = Duration::from_micros(seed % (full.as_micros() as u64).max(1));
+        let mut child = stage_cmd().spawn().unwrap();
+        std::thread::sleep(delay);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let status = child.wait().unwrap();
+        if status.success() {
+            cancel(&host);
+            continue;
+        }
+        killed += 1;
+        assert_eq!(
+            host.state(),
+            (ServicingState::Provisioned, Some(AbVolume::VolumeA)),
+            "after a kill at {delay:?}"
+        );
+        assert_eq!(
+            host.efivars_snapshot(),
+            vars_before,
+            "EFI variables changed (kill at {delay:?})"
+        );
+        assert_eq!(
+            host.esp()
+                .read_file("loader/entries/trident-a.conf")
+                .unwrap(),
+            entry_a
+        );
+        assert_eq!(
+            sha256_of(&host.part(2)),
+            a_before,
+            "active volume modified (kill at {delay:?})"
+        );
+    }
+    assert!(
+        killed >= 30,
+        "only {killed} of {runs} runs were killed before finishing"
+    );
+    // Stage succeeds after all that.
+    let out = stage_cmd().output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(host.state().0, ServicingState::AbUpdateStaged);
+    assert_eq!(host.read_ext4(3, "etc/os-version").unwrap().trim(), "v2");
+}
