@@ -564,17 +564,7 @@ fn finalize(args: &EngineArgs, reboot: bool) -> Result<()> {
 
 fn commit(args: &EngineArgs) -> Result<()> {
     let outcome = crate::engine::commit(&engine_ctx(args, None, false)?)?;
-    match outcome {
-        crate::engine::CommitOutcome::Committed(v) => {
-            eprintln!("committed: {v} is the active volume")
-        }
-        crate::engine::CommitOutcome::RolledBack(v) => {
-            eprintln!("the trial boot failed: recorded the rollback, {v} stays active")
-        }
-        crate::engine::CommitOutcome::NothingToCommit(s) => {
-            eprintln!("nothing to commit (host is {s})")
-        }
-    }
+    eprintln!("{outcome}");
     Ok(())
 }
 

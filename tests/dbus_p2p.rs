@@ -23,12 +23,21 @@ struct Peer {
 }
 
 async fn peer(servicer: Arc<dyn Servicer>, provisioned: bool) -> (Peer, PathBuf) {
+    peer_with(|_| servicer, provisioned).await
+}
+
+/// A peer whose servicer is made knowing the datastore path.
+async fn peer_with(
+    make: impl FnOnce(PathBuf) -> Arc<dyn Servicer>,
+    provisioned: bool,
+) -> (Peer, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let datastore = if provisioned {
         provisioned_datastore(dir.path())
     } else {
         dir.path().join("missing.sqlite")
     };
+    let servicer = make(datastore.clone());
     let (a, b) = tokio::net::UnixStream::pair().unwrap();
     let guid = zbus::Guid::generate();
     let object = Trident1::new(servicer, datastore.clone());
@@ -298,28 +307,58 @@ async fn refusals_before_anything_starts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn in_process_servicer_fails_with_engine_unavailable() {
+async fn in_process_servicer_runs_the_engine() {
     if !is_root() {
         eprintln!("skipping: needs root (mutating calls need a root peer)");
         return;
     }
-    let (p, _) = peer(Arc::new(InProcessServicer), true).await;
+    let (p, _) = peer_with(
+        |datastore| {
+            Arc::new(InProcessServicer::new(trident::engine::EngineContext::new(
+                datastore,
+            )))
+        },
+        true,
+    )
+    .await;
     let t = proxy(&p).await;
+    let mut progress = t.receive_progress_signal().await.unwrap();
     let mut completed = t.receive_completed().await.unwrap();
+    let mut next_completed = async || {
+        let c = tokio::time::timeout(Duration::from_secs(30), completed.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let a = c.args().unwrap();
+        (a.operation.clone(), a.success, a.error.clone())
+    };
+
+    // A provisioned host with nothing in flight: the engine's commit says so.
     t.commit().await.unwrap();
-    let c = tokio::time::timeout(Duration::from_secs(10), completed.next())
+    assert_eq!(
+        next_completed().await,
+        ("commit".into(), true, String::new())
+    );
+    let s = tokio::time::timeout(Duration::from_secs(10), progress.next())
         .await
         .unwrap()
         .unwrap();
-    let a = c.args().unwrap();
-    assert!(!a.success);
-    assert!(
-        a.error
-            .starts_with("unsupported-configuration [engine-not-available]"),
-        "{}",
-        a.error
+    assert_eq!(
+        s.args().unwrap().message,
+        "nothing to commit (host is provisioned)"
     );
-    assert_eq!(t.last_error().await.unwrap(), a.error);
+
+    // The installed spec has no storage; an update declaring disks is refused by the
+    // engine's classification, with its code, and becomes LastError.
+    t.stage(&valid_yaml(), HashMap::new()).await.unwrap();
+    let (op, success, error) = next_completed().await;
+    assert_eq!((op.as_str(), success), ("stage", false));
+    assert!(
+        error.starts_with("unsupported-configuration [storage-layout-changed]"),
+        "{error}"
+    );
+    assert_eq!(t.last_error().await.unwrap(), error);
+    assert_eq!(t.servicing_state().await.unwrap(), "provisioned");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -28,6 +28,18 @@ struct Args {
     /// Who runs operations: systemd units, in-process, or auto (systemd if on the bus).
     #[arg(long, default_value = "auto", value_parser = ["auto", "systemd", "in-process"])]
     servicer: String,
+    /// In-process servicer: efivarfs directory (tests use a plain directory).
+    #[arg(long, default_value = trident::boot::efivar::DEFAULT_ROOT, hide = true)]
+    efivars: PathBuf,
+    /// In-process servicer: root of the running OS (markers, staged stamp).
+    #[arg(long, default_value = "/", hide = true)]
+    host_root: PathBuf,
+    /// In-process servicer: block device to treat as the running root (tests).
+    #[arg(long, hide = true)]
+    booted_root: Option<PathBuf>,
+    /// In-process servicer: directory for temporary mounts and files.
+    #[arg(long, default_value = "/run/trident/engine", hide = true)]
+    work_dir: PathBuf,
 }
 
 #[tokio::main]
@@ -52,9 +64,15 @@ async fn main() -> anyhow::Result<()> {
         "in-process" => ServicerChoice::InProcess,
         _ => ServicerChoice::Auto,
     };
+    let mut engine = trident::engine::EngineContext::new(&datastore);
+    engine.efivars_root = args.efivars;
+    engine.host_root = args.host_root;
+    engine.booted_root_override = args.booted_root;
+    engine.work_dir = args.work_dir;
     daemon::run(DaemonOptions {
         bus,
         datastore,
+        engine,
         idle_timeout: Some(args.idle_timeout).filter(|d| !d.is_zero()),
         servicer,
     })

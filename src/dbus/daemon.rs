@@ -43,6 +43,9 @@ pub struct DaemonOptions {
     /// Exit after this long without calls or operations; `None` = never.
     pub idle_timeout: Option<Duration>,
     pub servicer: ServicerChoice,
+    /// What the in-process servicer runs the engine with (its datastore path is
+    /// replaced by `datastore`).
+    pub engine: crate::engine::EngineContext,
 }
 
 fn builder(bus: &BusChoice) -> Result<Builder<'static>> {
@@ -79,9 +82,12 @@ pub async fn serve(
 }
 
 async fn pick_servicer(options: &DaemonOptions) -> Result<Arc<dyn Servicer>> {
+    let mut engine = options.engine.clone();
+    engine.datastore_path = options.datastore.clone();
+    let in_process = Arc::new(InProcessServicer::new(engine));
     let p2p = matches!(options.bus, BusChoice::Address { p2p: true, .. });
     if options.servicer == ServicerChoice::InProcess || p2p {
-        return Ok(Arc::new(InProcessServicer));
+        return Ok(in_process);
     }
     let conn = builder(&options.bus)?
         .build()
@@ -95,7 +101,7 @@ async fn pick_servicer(options: &DaemonOptions) -> Result<Arc<dyn Servicer>> {
         (_, true) => Ok(Arc::new(SystemdServicer::new(conn))),
         (_, false) => {
             tracing::info!("systemd is not on the bus: running operations in-process");
-            Ok(Arc::new(InProcessServicer))
+            Ok(in_process)
         }
     }
 }

@@ -9,7 +9,7 @@
 //! Implementations: [`crate::dbus::systemd::SystemdServicer`] (starts the matching
 //! unit through systemd's D-Bus API; the default when systemd is on the bus) and
 //! [`InProcessServicer`] (runs the operation in the daemon's process, through
-//! [`run_operation`]).
+//! [`run_operation`], which calls [`crate::engine`]).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,7 +21,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 
 use crate::config::HostConfiguration;
-use crate::error::TridentError;
+use crate::engine::{self, EngineContext};
+use crate::error::{find_trident_error, TridentError};
 
 /// A boxed, sendable future (the trait is used as `dyn Servicer`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -194,9 +195,22 @@ pub trait Servicer: Send + Sync + 'static {
     ) -> BoxFuture<'_, Result<RunningOp, TridentError>>;
 }
 
-/// Runs the operation inside the daemon (used when systemd is not on the bus).
-#[derive(Debug, Default, Clone)]
-pub struct InProcessServicer;
+/// Runs the operation inside the daemon (used when systemd is not on the bus, and by
+/// tests): the same engine entry points the units' `internal` verbs call.
+#[derive(Debug, Clone)]
+pub struct InProcessServicer {
+    engine: EngineContext,
+}
+
+impl InProcessServicer {
+    /// `engine`: the context every operation starts from (datastore, efivarfs, host
+    /// root, work directory). Its progress callback and cancel flag are replaced per
+    /// operation; it never reboots (a finalize in-process leaves the reboot to the
+    /// caller: in production finalize runs as `trident-finalize.service`, which does).
+    pub fn new(engine: EngineContext) -> InProcessServicer {
+        InProcessServicer { engine }
+    }
+}
 
 impl Servicer for InProcessServicer {
     fn name(&self) -> &'static str {
@@ -208,6 +222,7 @@ impl Servicer for InProcessServicer {
         request: Request,
         cancel: CancelFlag,
     ) -> BoxFuture<'_, Result<RunningOp, TridentError>> {
+        let engine = self.engine.clone();
         Box::pin(async move {
             let (sender, running) = op_channel();
             // The engine blocks (disk I/O): keep it off the executor.
@@ -216,6 +231,7 @@ impl Servicer for InProcessServicer {
                     request.operation,
                     request.host_configuration.as_ref(),
                     &request.options,
+                    &engine,
                     &sender,
                     &cancel,
                 );
@@ -226,27 +242,72 @@ impl Servicer for InProcessServicer {
     }
 }
 
-/// **Seam to the engine.** Runs one servicing operation in this process, reporting
-/// through `progress` and checking `cancel` between steps.
-///
-/// The install/update engine is not part of this build yet, so every operation fails
-/// with `unsupported-configuration` / `engine-not-available`; the integration wires
-/// this function to `crate::engine`.
+/// Runs one servicing operation in this process through the engine, reporting
+/// progress (whole percents, each change once) through `progress` and stopping early
+/// once `cancel` is set. The error is the engine's categorised one when it has one.
 pub fn run_operation(
     op: Operation,
     hc: Option<&HostConfiguration>,
     options: &OpOptions,
+    engine: &EngineContext,
     progress: &ProgressSender,
     cancel: &CancelFlag,
 ) -> Result<(), TridentError> {
-    let _ = (hc, options, progress);
     if cancel.is_cancelled() {
         return Err(cancelled_error(op));
     }
-    Err(TridentError::unsupported(
-        "engine-not-available",
-        format!("cannot {op}: engine not available in this build"),
-    ))
+    let mut ctx = engine.clone();
+    ctx.allow_reboot = false;
+    ctx.cancel = cancel.flag.clone();
+    let sender = progress.clone();
+    let last = Arc::new(std::sync::Mutex::new((String::new(), u32::MAX)));
+    ctx.progress = Arc::new(move |what: &str, done: u64, total: u64| {
+        let percent = (done.saturating_mul(100) / total.max(1)).min(100) as u32;
+        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.0 != what || last.1 != percent {
+            *last = (what.to_string(), percent);
+            sender.progress(percent, format!("{what}: {done} of {total} bytes"));
+        }
+    });
+    let need_hc = || {
+        hc.ok_or_else(|| {
+            TridentError::invalid_input(
+                "missing-host-configuration",
+                format!("{op} needs a Host Configuration"),
+            )
+        })
+    };
+    let result = match op {
+        Operation::Install => engine::install(need_hc()?, &ctx),
+        Operation::Stage => engine::stage(need_hc()?, &ctx).map(|outcome| match outcome {
+            engine::StageOutcome::NothingToDo => progress.progress(
+                100,
+                "no update required: the Host Configuration is already applied",
+            ),
+            engine::StageOutcome::Staged(v) => progress.progress(100, format!("staged into {v}")),
+        }),
+        Operation::Finalize => engine::finalize(&ctx),
+        Operation::Commit => engine::commit(&ctx).map(|outcome| {
+            progress.progress(100, outcome.to_string());
+        }),
+        Operation::Rollback if options.runtime => {
+            return Err(TridentError::unsupported(
+                "runtime-rollback-not-supported",
+                "runtime updates are not supported by this engine yet, so there is none to revert",
+            ))
+        }
+        Operation::Rollback => engine::rollback_ab(&ctx, false).map(|plan| {
+            progress.progress(100, plan.to_string());
+        }),
+    };
+    result.map_err(|e| {
+        if cancel.is_cancelled() {
+            return cancelled_error(op);
+        }
+        find_trident_error(&e).unwrap_or_else(|| {
+            TridentError::servicing("operation-failed", format!("{op} failed: {e:#}"))
+        })
+    })
 }
 
 #[cfg(test)]
@@ -261,25 +322,61 @@ mod tests {
         assert_eq!(Operation::parse("validate"), None);
     }
 
-    #[tokio::test]
-    async fn in_process_servicer_reports_engine_unavailable() {
-        let request = Request {
-            operation: Operation::Commit,
+    fn request(operation: Operation) -> Request {
+        Request {
+            operation,
             host_configuration: None,
             host_configuration_yaml: None,
             options: OpOptions::default(),
             caller: None,
-        };
-        let mut running = InProcessServicer
-            .start(request, CancelFlag::new())
+        }
+    }
+
+    async fn finished(servicer: &InProcessServicer, op: Operation) -> TridentError {
+        let mut running = servicer
+            .start(request(op), CancelFlag::new())
+            .await
+            .unwrap();
+        loop {
+            match running.events.recv().await {
+                Some(OpEvent::Finished(Err(e))) => return e,
+                Some(OpEvent::Progress { .. }) => continue,
+                other => panic!("unexpected event {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn in_process_servicer_runs_the_engine() {
+        // No datastore: the engine's own categorised error comes back.
+        let dir = tempfile::tempdir().unwrap();
+        let servicer =
+            InProcessServicer::new(EngineContext::new(dir.path().join("datastore.sqlite")));
+        let e = finished(&servicer, Operation::Commit).await;
+        assert_eq!(e.code, "not-provisioned", "{e}");
+        assert_eq!(e.category, crate::Category::ExecutionEnvironment);
+        // Stage without a Host Configuration is refused before the engine runs.
+        let e = finished(&servicer, Operation::Stage).await;
+        assert_eq!(e.code, "missing-host-configuration", "{e}");
+        // Runtime rollback is not supported.
+        let mut r = request(Operation::Rollback);
+        r.options.runtime = true;
+        let mut running = servicer.start(r, CancelFlag::new()).await.unwrap();
+        match running.events.recv().await {
+            Some(OpEvent::Finished(Err(e))) => {
+                assert_eq!(e.code, "runtime-rollback-not-supported")
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+        // Already cancelled: nothing runs.
+        let cancel = CancelFlag::new();
+        cancel.cancel();
+        let mut running = servicer
+            .start(request(Operation::Commit), cancel)
             .await
             .unwrap();
         match running.events.recv().await {
-            Some(OpEvent::Finished(Err(e))) => {
-                assert_eq!(e.code, "engine-not-available");
-                assert_eq!(e.category, crate::Category::UnsupportedConfiguration);
-                assert!(e.message.contains("engine not available in this build"));
-            }
+            Some(OpEvent::Finished(Err(e))) => assert_eq!(e.code, "cancelled"),
             other => panic!("unexpected event {other:?}"),
         }
     }

@@ -23,6 +23,19 @@ pub enum CommitOutcome {
     NothingToCommit(ServicingState),
 }
 
+impl std::fmt::Display for CommitOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitOutcome::Committed(v) => write!(f, "committed: {v} is the active volume"),
+            CommitOutcome::RolledBack(v) => write!(
+                f,
+                "the trial boot failed: recorded the rollback, {v} stays active"
+            ),
+            CommitOutcome::NothingToCommit(s) => write!(f, "nothing to commit (host is {s})"),
+        }
+    }
+}
+
 /// Commit the servicing in flight, judged by the volume the host booted from.
 pub fn commit(ctx: &EngineContext) -> Result<CommitOutcome> {
     let mut store = Datastore::open_existing(&ctx.datastore_path)?;
