@@ -2,9 +2,13 @@
 //! distribution's `system.conf` rules plus the project's `dbus/io.trident.Trident1.conf`),
 //! listening on a socket in a temp dir; `busctl` as the client, also as `nobody`.
 //! Needs root (only root may own the name; `setpriv` to become nobody), `dbus-daemon`
-//! and `busctl` (Debian: dbus, systemd).
+//! and `busctl` (Debian: dbus, systemd). The last test drives the real engine through
+//! the `tridentd` binary: a COSI staged onto a loop device, cancelled mid-stream, staged
+//! again and finalized, all over the bus.
 
 mod dbus_support;
+mod engine_support;
+mod support;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
@@ -14,9 +18,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dbus_support::*;
+use engine_support::*;
 use futures_util::StreamExt;
+use std::collections::HashMap;
 use trident::dbus::client::Trident1Proxy;
 use trident::dbus::{daemon, Trident1};
+use trident::status::{AbVolume, ServicingState};
 use zbus::connection::Builder;
 
 /// A `dbus-daemon` of our own; killed (by pid) on drop.
@@ -381,41 +388,40 @@ async fn stage_progress_busy_and_cancel_over_the_bus() {
     assert_eq!(text(&o).0, "s \"\"\ns \"provisioned\"\n");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn tridentd_binary_serves_and_exits_when_idle() {
-    if skip() {
-        return;
+/// The `tridentd` binary on `bus` with the in-process servicer; killed (by pid) on drop.
+struct Tridentd(Child);
+
+impl Drop for Tridentd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
-    let bus = start_bus();
-    let datastore = provisioned_datastore(bus.dir.path());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tridentd"))
+}
+
+/// Start `tridentd` and wait until it answers `GetHostStatus` (a provisioned host).
+async fn spawn_tridentd(bus: &Bus, datastore: &Path, idle: &str, extra: &[&str]) -> Tridentd {
+    let child = Command::new(env!("CARGO_BIN_EXE_tridentd"))
         .args([
             "--address",
             &bus.address,
             "--idle-timeout",
-            "3s",
+            idle,
             "--servicer",
             "in-process",
         ])
         .arg("--datastore")
-        .arg(&datastore)
+        .arg(datastore)
+        .args(extra)
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill<'a>(&'a mut Child);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let guard = Kill(&mut child);
+    let mut guard = Tridentd(child);
     let started = Instant::now();
     loop {
-        let o = busctl(&bus, false, &["call", DEST, PATH, DEST, "GetHostStatus"]).await;
+        let o = busctl(bus, false, &["call", DEST, PATH, DEST, "GetHostStatus"]).await;
         if o.status.success() {
             assert!(text(&o).0.contains("provisioned"));
-            break;
+            return guard;
         }
         if let Some(s) = guard.0.try_wait().unwrap() {
             panic!("tridentd exited early: {s:?}");
@@ -427,6 +433,16 @@ async fn tridentd_binary_serves_and_exits_when_idle() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tridentd_binary_serves_and_exits_when_idle() {
+    if skip() {
+        return;
+    }
+    let bus = start_bus();
+    let datastore = provisioned_datastore(bus.dir.path());
+    let mut guard = spawn_tridentd(&bus, &datastore, "3s", &[]).await;
     // In-process servicer: the engine commits nothing on a provisioned host.
     let client = setpriv_free_client(&bus).await;
     let t = Trident1Proxy::builder(&client)
@@ -456,4 +472,142 @@ async fn tridentd_binary_serves_and_exits_when_idle() {
     assert!(status.success(), "{status:?}");
     let o = busctl(&bus, false, &["status", DEST]).await;
     assert!(!o.status.success(), "name still owned");
+}
+
+/// The real engine behind the bus: install v1 (engine API), then through `tridentd`:
+/// `Stage` of v2 served slowly over HTTP with `Progress` signals, `Busy` for a second
+/// call, `Cancel` mid-stream (the host stays provisioned on A, A's bytes unchanged),
+/// `Stage` again from a file (staged into B), `Finalize` (one-shot boot entry for B).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tridentd_stages_a_real_cosi_with_the_engine() {
+    if skip() || engine_support::skip() {
+        return;
+    }
+    let host = Host::new(256 * MIB, true);
+    host.installed();
+    let active_sum = sha256_of(&host.part(2));
+    let bus = start_bus();
+
+    // v2 over HTTP at a tenth of its size per second: the stream takes ~10 s.
+    let v2 = std::fs::read(&images().v2).unwrap();
+    let rate = (v2.len() / 10).max(64 * 1024);
+    let data = Arc::new(v2);
+    let (port, _) = support::tiny_server(move |req, _| {
+        let mut r = support::range_reply(req, &data);
+        r.rate = Some(rate);
+        r
+    });
+    let file_yaml = host.hc_text(&images().v2, "");
+    let slow_yaml = file_yaml.replace(
+        &format!("file://{}", images().v2.display()),
+        &format!("http://127.0.0.1:{port}/v2.cosi"),
+    );
+    assert_ne!(slow_yaml, file_yaml);
+
+    let dir = host.dir.path();
+    let (efivars, hostroot, work, booted) = (
+        dir.join("efivars"),
+        dir.join("hostroot"),
+        dir.join("work"),
+        host.part(2),
+    );
+    let _daemon = spawn_tridentd(
+        &bus,
+        &dir.join("ds/datastore.sqlite"),
+        "0",
+        &[
+            "--efivars",
+            efivars.to_str().unwrap(),
+            "--host-root",
+            hostroot.to_str().unwrap(),
+            "--work-dir",
+            work.to_str().unwrap(),
+            "--booted-root",
+            booted.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let client = setpriv_free_client(&bus).await;
+    let t = Trident1Proxy::builder(&client)
+        .cache_properties(zbus::proxy::CacheProperties::No)
+        .build()
+        .await
+        .unwrap();
+    let mut progress = t.receive_progress_signal().await.unwrap();
+    let mut completed = t.receive_completed().await.unwrap();
+
+    let o = busctl(
+        &bus,
+        false,
+        &["call", DEST, PATH, DEST, "Stage", "sa{sv}", &slow_yaml, "0"],
+    )
+    .await;
+    assert!(o.status.success(), "Stage: {}", text(&o).1);
+    // Streaming has begun once the engine reports bytes.
+    let p = tokio::time::timeout(Duration::from_secs(60), progress.next())
+        .await
+        .expect("a Progress signal while streaming")
+        .unwrap();
+    let a = p.args().unwrap();
+    assert_eq!(a.operation, "stage");
+    assert!(a.message.contains(" bytes"), "{}", a.message);
+    let (name, msg) = method_error(&t.stage(&file_yaml, HashMap::new()).await.unwrap_err());
+    assert_eq!(name, "io.trident.Trident1.Error.Busy", "{msg}");
+
+    let o = busctl(&bus, false, &["call", DEST, PATH, DEST, "Cancel"]).await;
+    assert!(o.status.success(), "Cancel: {}", text(&o).1);
+    let c = tokio::time::timeout(Duration::from_secs(60), completed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let a = c.args().unwrap();
+    assert_eq!(a.operation, "stage");
+    assert!(!a.success && a.error.contains("[cancelled]"), "{}", a.error);
+    assert_eq!(t.servicing_state().await.unwrap(), "provisioned");
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeA))
+    );
+    assert_eq!(
+        sha256_of(&host.part(2)),
+        active_sum,
+        "the active volume was written"
+    );
+
+    // Again, from the file: staged into B, progress up to 100 %.
+    t.stage(&file_yaml, HashMap::new()).await.unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(120), completed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let a = c.args().unwrap();
+    assert!(a.success, "{}", a.error);
+    let mut last = None;
+    while let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(300), progress.next()).await
+    {
+        last = Some(p.args().unwrap().message.clone());
+    }
+    assert_eq!(last.as_deref(), Some("staged into volume-b"));
+    assert_eq!(t.servicing_state().await.unwrap(), "ab-update-staged");
+    assert_eq!(
+        host.read_ext4(3, "etc/os-version")
+            .as_deref()
+            .map(str::trim),
+        Some("v2")
+    );
+
+    t.finalize(HashMap::new()).await.unwrap();
+    let c = tokio::time::timeout(Duration::from_secs(60), completed.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let a = c.args().unwrap();
+    assert!(a.success, "{}", a.error);
+    assert_eq!(t.servicing_state().await.unwrap(), "ab-update-finalized");
+    assert!(host.efivar("LoaderEntryOneShot").is_some());
+    assert_eq!(
+        sha256_of(&host.part(2)),
+        active_sum,
+        "the active volume was written"
+    );
 }

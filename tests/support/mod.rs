@@ -330,6 +330,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Send only this many body bytes, then close (while announcing the full length).
     pub cut_at: Option<usize>,
+    /// Send the body at about this many bytes per second (a slow link).
+    pub rate: Option<usize>,
 }
 
 impl Reply {
@@ -339,6 +341,7 @@ impl Reply {
             headers: vec![],
             body,
             cut_at: None,
+            rate: None,
         }
     }
     pub fn header(mut self, k: &str, v: &str) -> Self {
@@ -394,7 +397,22 @@ pub fn tiny_server(
                         .cut_at
                         .unwrap_or(reply.body.len())
                         .min(reply.body.len());
-                    let _ = stream.write_all(&reply.body[..end]);
+                    let body = &reply.body[..end];
+                    match reply.rate {
+                        None => {
+                            let _ = stream.write_all(body);
+                        }
+                        Some(rate) => {
+                            // 20 slices a second.
+                            let slice = (rate / 20).max(1);
+                            for chunk in body.chunks(slice) {
+                                if stream.write_all(chunk).is_err() {
+                                    break;
+                                }
+                                std::thread::sleep(std::time::Duration::from_millis(50));
+                            }
+                        }
+                    }
                 }
                 let _ = stream.flush();
                 let _ = stream.shutdown(std::net::Shutdown::Both);
