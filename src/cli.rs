@@ -294,6 +294,9 @@ pub enum Format {
 pub enum DataFormat {
     Yaml,
     Json,
+    /// A few lines for people: `status` (state, volumes, image, last error) and
+    /// `history` (one line per entry); the other kinds print YAML.
+    Summary,
 }
 
 /// What `trident get` shows.
@@ -446,7 +449,7 @@ fn plan(path: &Path, format: Format) -> Result<()> {
 
 fn print_data<T: serde::Serialize>(value: &T, format: DataFormat) -> Result<()> {
     match format {
-        DataFormat::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        DataFormat::Yaml | DataFormat::Summary => print!("{}", serde_yaml::to_string(value)?),
         DataFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
     }
     Ok(())
@@ -461,9 +464,27 @@ fn get(kind: GetKind, format: DataFormat, flag: Option<&Path>, limit: u32) -> Re
             "note: no datastore at {}: this host is not provisioned by Trident",
             path.display()
         );
-        return print_data(&crate::status::HostStatus::default(), format);
+        let status = crate::status::HostStatus::default();
+        if format == DataFormat::Summary {
+            print_text(&status_summary(&status));
+            return Ok(());
+        }
+        return print_data(&status, format);
     }
     let store = Datastore::open_existing(&path)?;
+    match (kind, format) {
+        (GetKind::Status, DataFormat::Summary) => {
+            print_text(&status_summary(&store.host_status()?));
+            return Ok(());
+        }
+        (GetKind::History, DataFormat::Summary) => {
+            for e in store.history(Some(limit as usize))? {
+                print_text(&history_line(&e));
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     match kind {
         GetKind::Status => print_data(&store.host_status()?, format),
         GetKind::Configuration => print_data(&store.host_status()?.spec, format),
@@ -472,6 +493,43 @@ fn get(kind: GetKind, format: DataFormat, flag: Option<&Path>, limit: u32) -> Re
         GetKind::RollbackChain => print_data(&store.rollback_chain()?, format),
         GetKind::RollbackTarget => print_data(&store.rollback_chain()?.into_iter().next(), format),
     }
+}
+
+/// `trident get status --format summary`.
+fn status_summary(hs: &crate::status::HostStatus) -> String {
+    let vol = |v: Option<crate::status::AbVolume>| v.map_or("-".to_string(), |v| v.to_string());
+    let mut s = format!("state:          {}\n", hs.servicing_state);
+    s += &format!("active volume:  {}\n", vol(hs.active_volume));
+    if hs.target_volume.is_some() {
+        s += &format!("target volume:  {}\n", vol(hs.target_volume));
+    }
+    if let Some(i) = &hs.image {
+        s += &format!("image:          {}\n", i.url);
+    }
+    if let Some(i) = &hs.staged_image {
+        s += &format!("staged image:   {}\n", i.url);
+    }
+    if let Some(e) = &hs.last_error {
+        s += &format!("last error:     {e}\n");
+    }
+    s
+}
+
+/// One line of `trident get history --format summary`.
+fn history_line(e: &crate::datastore::HistoryEntry) -> String {
+    let mut s = format!(
+        "#{:<4} {}  {:<28} {} -> {}",
+        e.id, e.timestamp, e.operation, e.state_before, e.state_after
+    );
+    if let Some(v) = e.host_status.active_volume {
+        s += &format!("  (active {v})");
+    }
+    if let Some(err) = &e.host_status.last_error {
+        if e.operation.contains("fail") || e.state_before == e.state_after {
+            s += &format!("  error [{}]", err.code);
+        }
+    }
+    s
 }
 
 fn cosi_inspect(image: &str, source: &SourceArgs, format: Format) -> Result<()> {

@@ -158,6 +158,29 @@ fn get_reads_status_history_and_configuration() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v.as_array().unwrap().len(), 1);
 
+    // Summaries: a few lines for people.
+    let o = trident(&["get", "status", "--datastore", dsp, "--format", "summary"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.starts_with("state:          provisioned\n"), "{text}");
+    assert!(text.contains("active volume:  volume-a\n"), "{text}");
+    assert!(
+        text.contains("image:          file:///path/to/image.cosi\n"),
+        "{text}"
+    );
+    let o = trident(&["get", "history", "--datastore", dsp, "--format", "summary"]);
+    let lines: Vec<String> = stdout(&o).lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[0].starts_with("#3 "), "{lines:?}");
+    assert!(
+        lines[0].contains("commit") && lines[0].contains("clean-install-finalized -> provisioned"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].contains("not-provisioned -> clean-install-staged"),
+        "{lines:?}"
+    );
+
     let o = trident(&["get", "configuration", "--datastore", dsp]);
     assert_eq!(o.status.code(), Some(0));
     let hc = trident::config::parse(&stdout(&o)).unwrap();
