@@ -165,7 +165,7 @@ fn get_reads_status_history_and_configuration() {
     assert!(text.starts_with("state:          provisioned\n"), "{text}");
     assert!(text.contains("active volume:  volume-a\n"), "{text}");
     assert!(
-        text.contains("image:          file:///path/to/image.cosi\n"),
+        text.contains("image:          file:///img.cosi\n"),
         "{text}"
     );
     let o = trident(&["get", "history", "--datastore", dsp, "--format", "summary"]);
