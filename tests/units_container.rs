@@ -129,6 +129,11 @@ impl Boot {
 /// Boot once with `files` laid over the install. With `TRIDENT_CONTAINER_RESULTS=DIR`
 /// the results are also copied to `DIR/NAME` for inspection.
 fn boot(name: &str, files: &[(&str, &str)]) -> Boot {
+    boot_with(name, files, &[])
+}
+
+/// [`boot`] with binary files too (path in the container → bytes, mode 0644).
+fn boot_with(name: &str, files: &[(&str, &str)], binary: &[(&str, Vec<u8>)]) -> Boot {
     let root = rootfs();
     let tmp = tempfile::tempdir().unwrap();
     let payload = tmp.path().join("payload");
@@ -148,6 +153,15 @@ fn boot(name: &str, files: &[(&str, &str)]) -> Boot {
         .status()
         .expect("make install");
     assert!(st.success(), "make install DESTDIR=... failed");
+    // The D-Bus service, its unit, bus policy, activation and polkit files.
+    let st = Command::new("make")
+        .args(["-s", "-f", "mk/dbus.mk", "install-dbus-files"])
+        .arg(format!("DESTDIR={}", payload.display()))
+        .arg(format!("TRIDENTD_BIN={}", env!("CARGO_BIN_EXE_tridentd")))
+        .current_dir(repo())
+        .status()
+        .expect("make install-dbus-files");
+    assert!(st.success(), "make -f mk/dbus.mk install-dbus-files failed");
     let put = |path: &str, content: &[u8], mode: u32| {
         use std::os::unix::fs::PermissionsExt;
         let p = payload.join(path.trim_start_matches('/'));
@@ -157,7 +171,7 @@ fn boot(name: &str, files: &[(&str, &str)]) -> Boot {
         fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
     };
     let ct = repo().join("tests/container");
-    // Seam: the fake verbs replace the real binary (which has no internal verbs yet).
+    // Seam: recording verbs replace the real binary (which runs in the VM suite).
     put(
         "/usr/bin/trident",
         &fs::read(ct.join("fake-trident.sh")).unwrap(),
@@ -193,6 +207,9 @@ fn boot(name: &str, files: &[(&str, &str)]) -> Boot {
     }
     for (path, content) in files {
         put(path, content.as_bytes(), 0o644);
+    }
+    for (path, content) in binary {
+        put(path, content, 0o644);
     }
     let out = Command::new(ct.join("run.sh"))
         .args([&root, &payload, &results])
@@ -535,4 +552,110 @@ fn corrupt_trial_marker_boots_normally_without_wiring() {
     assert!(b.read("generator-output.txt").trim().is_empty(), "{d}");
     assert!(!b.read("boot-complete-deps.txt").contains("trident"), "{d}");
     assert!(b.calls().is_empty(), "{:?}", b.calls());
+}
+
+/// A provisioned datastore (volume A active) as bytes, made with the real datastore code.
+fn provisioned_datastore() -> Vec<u8> {
+    use trident::status::{AbVolume, HostStatus, ServicingState};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("datastore.sqlite");
+    let mut ds = trident::datastore::Datastore::open(&path).unwrap();
+    let status = HostStatus {
+        servicing_state: ServicingState::Provisioned,
+        active_volume: Some(AbVolume::VolumeA),
+        ..HostStatus::default()
+    };
+    ds.record("install", &status).unwrap();
+    drop(ds);
+    fs::read(&path).unwrap()
+}
+
+const DBUS_PROBE: &str = r#"#!/bin/sh
+# Runs after the boot settled: the first call bus-activates tridentd; Stage makes it
+# start trident-stage.service through systemd.
+D="io.trident.Trident1 /io/trident/Trident1 io.trident.Trident1"
+systemctl show -p ActiveState --value tridentd.service > /results/tridentd-before.txt
+busctl call $D GetHostStatus > /results/dbus-status.txt 2>&1; echo $? > /results/dbus-status.rc
+systemctl show -p ActiveState --value tridentd.service > /results/tridentd-after.txt
+busctl call $D Stage 'sa{sv}' "$(cat /etc/trident-test/stage.yaml)" 0 > /results/dbus-stage.txt 2>&1
+echo $? > /results/dbus-stage.rc
+i=0
+while [ $i -lt 150 ] && ! grep -q '\[stage\]' /results/calls.log 2>/dev/null; do sleep 0.2; i=$((i+1)); done
+i=0
+while [ $i -lt 150 ] && [ "$(busctl get-property $D Operation)" != 's ""' ]; do sleep 0.2; i=$((i+1)); done
+busctl get-property $D Operation ServicingState LastError > /results/dbus-after.txt 2>&1
+systemctl show -p Id -p ActiveState -p Result trident-stage.service > /results/dbus-stage-unit.txt
+# (what busctl sent: the file without its trailing newline, as "$(cat)" gives it)
+printf '%s' "$(cat /etc/trident-test/stage.yaml)" | cmp /run/trident/requests/stage.yaml - > /results/dbus-requests.txt 2>&1 && echo same >> /results/dbus-requests.txt
+"#;
+
+const DBUS_PROBE_UNIT: &str = "[Unit]
+Description=Test probe: drive Trident over the system bus
+Before=trident-test-report.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /usr/lib/trident-test/dbus-probe.sh
+";
+
+#[test]
+fn bus_activation_and_stage_start_the_stage_unit() {
+    if !enabled() {
+        return;
+    }
+    let yaml =
+        std::fs::read_to_string(repo().join("../shared/compat/host-configs/simple.yaml")).unwrap();
+    let b = boot_with(
+        "dbus",
+        &[
+            ("/usr/lib/trident-test/dbus-probe.sh", DBUS_PROBE),
+            (
+                "/etc/systemd/system/trident-test-dbus.service",
+                DBUS_PROBE_UNIT,
+            ),
+            (
+                "/etc/systemd/system/trident-test-report.service.d/dbus.conf",
+                "[Unit]\nWants=trident-test-dbus.service\nAfter=trident-test-dbus.service\n",
+            ),
+            ("/etc/trident-test/stage.yaml", &yaml),
+        ],
+        &[("/var/lib/trident/datastore.sqlite", provisioned_datastore())],
+    );
+    let d = format!(
+        "{}--- dbus\n{}\n{}\n{}\n{}\n{}\n",
+        b.dump(),
+        b.read("dbus-status.txt"),
+        b.read("dbus-stage.txt"),
+        b.read("dbus-after.txt"),
+        b.read("dbus-stage-unit.txt"),
+        b.read("dbus-requests.txt")
+    );
+    assert_eq!(b.exit, 0, "{d}");
+    // Not running before the first call; activated by it (tridentd.service, Type=dbus).
+    assert_eq!(b.read("tridentd-before.txt").trim(), "inactive", "{d}");
+    assert_eq!(b.read("dbus-status.rc").trim(), "0", "{d}");
+    assert!(b.read("dbus-status.txt").contains("provisioned"), "{d}");
+    assert_eq!(b.read("tridentd-after.txt").trim(), "active", "{d}");
+    // Stage accepted, run as trident-stage.service with tridentd's request file.
+    assert_eq!(b.read("dbus-stage.rc").trim(), "0", "{d}");
+    let stage_calls: Vec<String> = b
+        .calls()
+        .into_iter()
+        .filter(|c| c.starts_with("[internal] [stage]"))
+        .collect();
+    assert_eq!(stage_calls.len(), 1, "{d}");
+    assert!(
+        stage_calls[0].contains("[--request] [/run/trident/requests/stage.yaml]"),
+        "{d}"
+    );
+    // The request file tridentd wrote is the document the caller sent, byte for byte.
+    assert_eq!(b.read("dbus-requests.txt").trim(), "same", "{d}");
+    let unit = b.read("dbus-stage-unit.txt");
+    assert!(unit.contains("Result=success"), "{d}");
+    // Completed: idle again, no error.
+    assert_eq!(
+        b.read("dbus-after.txt"),
+        "s \"\"\ns \"provisioned\"\ns \"\"\n",
+        "{d}"
+    );
 }

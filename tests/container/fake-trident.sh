@@ -1,7 +1,7 @@
 #!/bin/sh
-# TEST SEAM, not Trident: stands in for /usr/bin/trident inside the container until the
-# real `trident internal ...` verbs exist (the engine session replaces this with the
-# real binary). It records every call in /results/calls.log and behaves as configured
+# TEST SEAM, not Trident: stands in for /usr/bin/trident inside the container so each
+# scenario controls what a verb returns (the real verbs run under systemd in the VM
+# suite). It records every call in /results/calls.log and behaves as configured
 # by files under /etc/trident-test/:
 #   health-<name>.rc   exit status of `internal health-check <name>` (default 0)
 # `internal health-check-failed` also snapshots the unit states into
