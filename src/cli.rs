@@ -579,7 +579,7 @@ fn engine_ctx(
     ctx.work_dir = args.work_dir.clone();
     let reporter = std::sync::Arc::new(crate::progress::Reporter::new("servicing"));
     ctx.progress =
-        std::sync::Arc::new(move |_what: &str, done, total| reporter.update(done, total));
+        std::sync::Arc::new(move |what: &str, done, total| reporter.update_item(what, done, total));
     Ok(ctx)
 }
 

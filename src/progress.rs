@@ -1,6 +1,8 @@
 //! Progress display for long operations: a bar on a terminal, plain periodic lines
-//! otherwise (journal, pipes). The library reports `(done, total)` through callbacks;
-//! this turns them into output.
+//! otherwise (journal, pipes), and under systemd (`NOTIFY_SOCKET` set) the unit's
+//! `STATUS=` through sd_notify, so `systemctl status trident-stage` shows how far
+//! staging is. The library reports `(done, total)` through callbacks; this turns them
+//! into output.
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
@@ -12,6 +14,8 @@ pub struct Reporter {
     label: String,
     bar: Option<ProgressBar>,
     last_line: Mutex<(Instant, u64)>,
+    /// Under systemd: the last `STATUS=` sent (time, percent, item).
+    last_status: Option<Mutex<(Instant, u64, String)>>,
 }
 
 impl Reporter {
@@ -30,24 +34,46 @@ impl Reporter {
             bar.set_message(label.clone());
             bar
         });
+        let last_status = std::env::var_os("NOTIFY_SOCKET")
+            .is_some()
+            .then(|| Mutex::new((Instant::now(), u64::MAX, String::new())));
         Reporter {
             label,
             bar,
             last_line: Mutex::new((Instant::now(), u64::MAX)),
+            last_status,
         }
     }
 
     /// Report `done` of `total` bytes.
     pub fn update(&self, done: u64, total: u64) {
+        self.update_item(&self.label, done, total)
+    }
+
+    /// Report `done` of `total` bytes of `item` (e.g. which image onto which device).
+    pub fn update_item(&self, item: &str, done: u64, total: u64) {
+        let percent = done.saturating_mul(100).checked_div(total).unwrap_or(0);
+        if let Some(status) = &self.last_status {
+            let mut last = status.lock().unwrap_or_else(|e| e.into_inner());
+            let changed = last.1 != percent || last.2 != item;
+            if changed
+                && (last.0.elapsed() >= Duration::from_secs(1) || done == total || last.2 != item)
+            {
+                let text = format!("{item}: {percent}% ({done} of {total} bytes)");
+                if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&text)]) {
+                    tracing::debug!("sd_notify STATUS: {e}");
+                }
+                *last = (Instant::now(), percent, item.to_string());
+            }
+        }
         if let Some(bar) = &self.bar {
             bar.set_length(total);
             bar.set_position(done);
             return;
         }
         let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
-        let percent = done.saturating_mul(100).checked_div(total).unwrap_or(0);
         if last.1 != percent && (last.0.elapsed() >= Duration::from_secs(5) || done == total) {
-            tracing::info!("{}: {percent}% ({done}/{total} bytes)", self.label);
+            tracing::info!("{item}: {percent}% ({done}/{total} bytes)");
             *last = (Instant::now(), percent);
         }
     }

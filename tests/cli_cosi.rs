@@ -30,16 +30,36 @@ fn build_inspect_verify_and_detect_corruption() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let o = trident(&[
-        "cosi",
-        "build",
-        disk.to_str().unwrap(),
-        "-o",
-        cosi.to_str().unwrap(),
-        "--format",
-        "json",
-    ]);
+    // As under systemd: progress also goes to NOTIFY_SOCKET as the unit's STATUS=.
+    let notify_path = dir.path().join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_trident"))
+        .args([
+            "cosi",
+            "build",
+            disk.to_str().unwrap(),
+            "-o",
+            cosi.to_str().unwrap(),
+            "--format",
+            "json",
+        ])
+        .env_remove("RUST_LOG")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    notify.set_nonblocking(true).unwrap();
+    let mut statuses = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.recv(&mut buf) {
+        statuses.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.starts_with("STATUS=building COSI: 100% (")),
+        "{statuses:?}"
+    );
     let summary: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let meta_sha = summary["metadataSha384"].as_str().unwrap().to_string();
     assert_eq!(meta_sha.len(), 96);

@@ -150,7 +150,7 @@ pub fn stream_to(
         max_window_log: Some(cosi.max_window_log()),
     };
     let progress = ctx.progress.clone();
-    let label = format!("writing {}", img.mount_point);
+    let label = format!("writing {} onto {}", img.mount_point, target.display());
     stream_image(
         &job,
         &move |p| progress(&label, p.done, p.total),
