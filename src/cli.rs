@@ -69,6 +69,8 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_values = ["stage", "finalize"])]
         allowed_operations: Vec<Operation>,
         #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
         engine: EngineArgs,
     },
     /// A/B update to a Host Configuration: stage, then finalize (as allowed).
@@ -80,6 +82,8 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_values = ["stage", "finalize"])]
         allowed_operations: Vec<Operation>,
         #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
         engine: EngineArgs,
     },
     /// Write the update into the inactive volume (no reboot).
@@ -88,15 +92,21 @@ pub enum Command {
         #[arg(default_value = DEFAULT_CONFIG)]
         config: PathBuf,
         #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
         engine: EngineArgs,
     },
     /// Arm one trial boot into the staged volume and reboot.
     Finalize {
         #[command(flatten)]
+        bus: BusArgs,
+        #[command(flatten)]
         engine: EngineArgs,
     },
     /// On a trial boot: make the booted volume the default (or record the fallback).
     Commit {
+        #[command(flatten)]
+        bus: BusArgs,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -111,6 +121,8 @@ pub enum Command {
         /// Only print what would happen.
         #[arg(long)]
         check: bool,
+        #[command(flatten)]
+        bus: BusArgs,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -221,6 +233,18 @@ pub struct EngineArgs {
     /// Directory for temporary mounts and files.
     #[arg(long, default_value = "/run/trident/engine", hide = true)]
     pub work_dir: PathBuf,
+}
+
+/// `--via-dbus`: ask the Trident service instead of running the engine in this process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BusArgs {
+    /// Ask the Trident service (io.trident.Trident1 on the system bus, bus-activated) to
+    /// run the operation, and follow its progress until it completes.
+    #[arg(long)]
+    pub via_dbus: bool,
+    /// With --via-dbus: this D-Bus address instead of the system bus (tests).
+    #[arg(long, hide = true, requires = "via_dbus")]
+    pub bus_address: Option<String>,
 }
 
 /// A servicing operation allowed by `--allowed-operations`.
@@ -349,20 +373,78 @@ fn run(cli: Cli) -> Result<()> {
             config,
             allowed_operations,
             engine,
-        } => install(&config, &allowed_operations, &engine, true),
+            bus,
+        } => {
+            if bus.via_dbus {
+                if !(allowed_operations.contains(&Operation::Stage)
+                    && allowed_operations.contains(&Operation::Finalize))
+                {
+                    return Err(install_needs_both().into());
+                }
+                return via_dbus(&bus, &engine, "install", Some(&config), false);
+            }
+            install(&config, &allowed_operations, &engine, true)
+        }
         Command::Update {
             config,
             allowed_operations,
             engine,
+            bus,
+        } if bus.via_dbus => {
+            if allowed_operations.contains(&Operation::Stage) {
+                via_dbus(&bus, &engine, "stage", Some(&config), false)?;
+            }
+            if allowed_operations.contains(&Operation::Finalize) {
+                via_dbus(&bus, &engine, "finalize", None, false)?;
+            }
+            Ok(())
+        }
+        Command::Update {
+            config,
+            allowed_operations,
+            engine,
+            bus: _,
         } => update(&config, &allowed_operations, &engine),
-        Command::Stage { config, engine } => update(&config, &[Operation::Stage], &engine),
-        Command::Finalize { engine } => finalize(&engine, true),
-        Command::Commit { engine } => commit(&engine),
+        Command::Stage {
+            config,
+            engine,
+            bus,
+        } if bus.via_dbus => via_dbus(&bus, &engine, "stage", Some(&config), false),
+        Command::Stage {
+            config,
+            engine,
+            bus: _,
+        } => update(&config, &[Operation::Stage], &engine),
+        Command::Finalize { engine, bus } if bus.via_dbus => {
+            via_dbus(&bus, &engine, "finalize", None, false)
+        }
+        Command::Finalize { engine, bus: _ } => finalize(&engine, true),
+        Command::Commit { engine, bus } if bus.via_dbus => {
+            via_dbus(&bus, &engine, "commit", None, false)
+        }
+        Command::Commit { engine, bus: _ } => commit(&engine),
         Command::Rollback {
             ab: _,
             runtime,
             check,
             engine,
+            bus,
+        } if bus.via_dbus => {
+            if check {
+                return Err(crate::TridentError::unsupported(
+                    "check-not-via-dbus",
+                    "--check is answered locally: drop --via-dbus to see what a rollback would do",
+                )
+                .into());
+            }
+            via_dbus(&bus, &engine, "rollback", None, runtime)
+        }
+        Command::Rollback {
+            ab: _,
+            runtime,
+            check,
+            engine,
+            bus: _,
         } => rollback(runtime, check, &engine),
         Command::Internal { command } => match command {
             InternalCommand::Stage {
@@ -558,6 +640,70 @@ fn cosi_build(args: &crate::cosi::build::args::BuildArgs, format: Format) -> Res
     Ok(())
 }
 
+/// Run `operation` through the service: start it over D-Bus, show its `Progress`
+/// signals, and return its outcome as this process's result (exit code by category).
+fn via_dbus(
+    bus: &BusArgs,
+    engine: &EngineArgs,
+    operation: &str,
+    config: Option<&Path>,
+    runtime: bool,
+) -> Result<()> {
+    use crate::dbus::client;
+    use std::collections::HashMap;
+    if engine.datastore.is_some() {
+        return Err(crate::TridentError::invalid_input(
+            "option-not-via-dbus",
+            "--datastore cannot be combined with --via-dbus: the service uses its own datastore",
+        )
+        .into());
+    }
+    if engine.no_reboot && matches!(operation, "install" | "finalize") {
+        return Err(crate::TridentError::invalid_input(
+            "option-not-via-dbus",
+            "--no-reboot cannot be combined with --via-dbus: the service's finalize reboots \
+             (trident-finalize.service); run without --via-dbus to finalize without rebooting",
+        )
+        .into());
+    }
+    let yaml = config
+        .map(|p| {
+            std::fs::read_to_string(p).map_err(|e| {
+                crate::TridentError::invalid_input(
+                    "config-unreadable",
+                    format!("cannot read the Host Configuration {}: {e}", p.display()),
+                )
+            })
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let proxy = client::proxy_at(bus.bus_address.as_deref()).map_err(client::call_error)?;
+    let reporter = crate::progress::Reporter::new_percent(format!("{operation} (tridentd)"));
+    let outcome = client::start_and_follow(
+        &proxy,
+        operation,
+        |p| match operation {
+            "install" => p.install(&yaml, HashMap::new()),
+            "stage" => p.stage(&yaml, HashMap::new()),
+            "finalize" => p.finalize(HashMap::new()),
+            "commit" => p.commit(),
+            _ => {
+                let mut opts = HashMap::new();
+                if runtime {
+                    opts.insert("runtime", zbus::zvariant::Value::from(true));
+                }
+                p.rollback(opts)
+            }
+        },
+        |percent, message| reporter.update_percent(message, percent),
+    )
+    .map_err(client::call_error);
+    reporter.finish();
+    outcome?.into_result()?;
+    eprintln!("{operation} completed (through tridentd)");
+    Ok(())
+}
+
 /// The engine context for a servicing verb. `reboot`: the verb may reboot (public
 /// verbs, unless `--no-reboot`; never the units' internal verbs).
 fn engine_ctx(
@@ -583,13 +729,16 @@ fn engine_ctx(
     Ok(ctx)
 }
 
+fn install_needs_both() -> crate::TridentError {
+    crate::TridentError::unsupported(
+        "install-needs-stage-and-finalize",
+        "a clean install is staged and finalized in one run: allow both operations",
+    )
+}
+
 fn install(path: &Path, ops: &[Operation], args: &EngineArgs, reboot: bool) -> Result<()> {
     if !(ops.contains(&Operation::Stage) && ops.contains(&Operation::Finalize)) {
-        return Err(crate::TridentError::unsupported(
-            "install-needs-stage-and-finalize",
-            "a clean install is staged and finalized in one run: allow both operations",
-        )
-        .into());
+        return Err(install_needs_both().into());
     }
     let hc = load_config(path)?;
     let mut ctx = engine_ctx(args, Some(&hc), reboot)?;

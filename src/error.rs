@@ -41,6 +41,20 @@ impl Category {
         }
     }
 
+    /// The category named by [`as_str`](Self::as_str).
+    pub fn parse(s: &str) -> Option<Category> {
+        [
+            Category::InvalidInput,
+            Category::UnsupportedConfiguration,
+            Category::ExecutionEnvironment,
+            Category::Servicing,
+            Category::HealthChecks,
+            Category::Internal,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == s)
+    }
+
     /// Process exit code for this category (documented in `docs/cli.md`).
     pub fn exit_code(self) -> i32 {
         match self {

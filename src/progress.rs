@@ -45,6 +45,37 @@ impl Reporter {
         }
     }
 
+    /// A reporter of percentages with a message (an operation followed over D-Bus).
+    pub fn new_percent(label: impl Into<String>) -> Reporter {
+        let r = Reporter::new(label);
+        if let Some(bar) = &r.bar {
+            bar.set_length(100);
+            bar.set_style(
+                ProgressStyle::with_template("{prefix} [{bar:40}] {pos}% {wide_msg}")
+                    .expect("valid template")
+                    .progress_chars("=> "),
+            );
+            bar.set_prefix(r.label.clone());
+            bar.set_message("");
+        }
+        r
+    }
+
+    /// Report `percent` with what is happening (for [`Reporter::new_percent`]).
+    pub fn update_percent(&self, message: &str, percent: u32) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(u64::from(percent.min(100)));
+            bar.set_message(message.to_string());
+            return;
+        }
+        let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
+        let p = u64::from(percent);
+        if last.1 != p && (last.0.elapsed() >= Duration::from_secs(5) || percent >= 100) {
+            tracing::info!("{}: {percent}% {message}", self.label);
+            *last = (Instant::now(), p);
+        }
+    }
+
     /// Report `done` of `total` bytes.
     pub fn update(&self, done: u64, total: u64) {
         self.update_item(&self.label, done, total)

@@ -388,6 +388,18 @@ async fn stage_progress_busy_and_cancel_over_the_bus() {
     assert_eq!(text(&o).0, "s \"\"\ns \"provisioned\"\n");
 }
 
+/// `trident VERB ARGS --via-dbus` against `bus` (off the async runtime's threads).
+async fn cli_via_dbus(bus: &Bus, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trident"));
+    cmd.args(args)
+        .args(["--via-dbus", "--bus-address", &bus.address])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap()
+}
+
 /// The `tridentd` binary on `bus` with the in-process servicer; killed (by pid) on drop.
 struct Tridentd(Child);
 
@@ -574,9 +586,30 @@ async fn tridentd_stages_a_real_cosi_with_the_engine() {
         "the active volume was written"
     );
 
-    // Again, from the file: staged into B, progress up to 100 %.
-    t.stage(&file_yaml, HashMap::new()).await.unwrap();
-    let c = tokio::time::timeout(Duration::from_secs(120), completed.next())
+    // The CLI as a client: bad input comes back with its category's exit code.
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, invalid_yaml()).unwrap();
+    let o = cli_via_dbus(&bus, &["stage", bad.to_str().unwrap()]).await;
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o).1);
+    assert!(text(&o).1.contains("invalid-input ["), "{}", text(&o).1);
+    assert_eq!(
+        t.operation().await.unwrap(),
+        "",
+        "refused before anything started"
+    );
+
+    // Again, from the file, with `trident stage --via-dbus`: staged into B, progress
+    // up to 100 %, the CLI exits 0 when the service's operation completed.
+    let hc_file = dir.join("v2.yaml");
+    std::fs::write(&hc_file, &file_yaml).unwrap();
+    let o = cli_via_dbus(&bus, &["stage", hc_file.to_str().unwrap()]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
+    assert!(
+        text(&o).1.contains("stage completed (through tridentd)"),
+        "{}",
+        text(&o).1
+    );
+    let c = tokio::time::timeout(Duration::from_secs(10), completed.next())
         .await
         .unwrap()
         .unwrap();
@@ -596,7 +629,8 @@ async fn tridentd_stages_a_real_cosi_with_the_engine() {
         Some("v2")
     );
 
-    t.finalize(HashMap::new()).await.unwrap();
+    let o = cli_via_dbus(&bus, &["finalize"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o).1);
     let c = tokio::time::timeout(Duration::from_secs(60), completed.next())
         .await
         .unwrap()

@@ -11,6 +11,7 @@ use zbus::zvariant::Value;
 use zbus::MatchRule;
 
 use super::{BUS_NAME, INTERFACE, OBJECT_PATH};
+use crate::error::{Category, TridentError};
 
 #[zbus::proxy(
     interface = "io.trident.Trident1",
@@ -149,13 +150,120 @@ pub fn follow(
     subscription.wait(operation, on_progress)
 }
 
-/// A blocking proxy on the system bus. Properties are not cached: each read asks the
-/// service (a cache follows `PropertiesChanged` asynchronously and can lag right
-/// after a call).
-pub fn system_proxy() -> zbus::Result<Trident1ProxyBlocking<'static>> {
-    let conn = zbus::blocking::Connection::system()?;
+impl Outcome {
+    /// `Ok` for a successful operation, else the error it reported (see [`error_from_text`]).
+    pub fn into_result(self) -> Result<(), TridentError> {
+        if self.success {
+            Ok(())
+        } else {
+            Err(error_from_text(&self.error))
+        }
+    }
+}
+
+/// The categorised error in a service message (`Completed`'s error, or a D-Bus error's
+/// text): `category [code] ...: message`, first line; further lines (more validation
+/// errors) stay in the message. `busy` and `unauthorized` (the service's own refusals)
+/// are `execution-environment`; text without that shape is `servicing`
+/// `[dbus-operation-failed]`.
+pub fn error_from_text(text: &str) -> TridentError {
+    let first = text.lines().next().unwrap_or_default();
+    let parsed = first.split_once(" [").and_then(|(category, rest)| {
+        let (code, message) = rest.split_once(']')?;
+        let category = match category {
+            "busy" | "unauthorized" => Category::ExecutionEnvironment,
+            c => Category::parse(c)?,
+        };
+        // The rest of the first line (` at PATH: message` or `: message`), then any
+        // further lines.
+        let mut message = message.trim_start_matches(':').trim().to_string();
+        for line in text.lines().skip(1) {
+            message.push('\n');
+            message.push_str(line);
+        }
+        Some((category, code.to_string(), message))
+    });
+    match parsed {
+        Some((category, code, message)) => TridentError::new(category, code, message),
+        None => TridentError::servicing("dbus-operation-failed", text.to_string()),
+    }
+}
+
+/// The error of a failed method call: the service's categorised one when it sent one,
+/// else `execution-environment [dbus-unavailable]` (no bus, no service).
+pub fn call_error(e: zbus::Error) -> TridentError {
+    match &e {
+        zbus::Error::MethodError(_, Some(text), _) if text.contains(" [") => error_from_text(text),
+        _ => TridentError::environment(
+            "dbus-unavailable",
+            format!("cannot reach io.trident.Trident1 on the bus: {e}"),
+        ),
+    }
+}
+
+/// A blocking proxy on the bus at `address` (tests), or the system bus when `None`.
+pub fn proxy_at(address: Option<&str>) -> zbus::Result<Trident1ProxyBlocking<'static>> {
+    let conn = match address {
+        Some(a) => zbus::blocking::connection::Builder::address(a)?.build()?,
+        None => zbus::blocking::Connection::system()?,
+    };
     Trident1ProxyBlocking::builder(&conn)
         .destination(BUS_NAME)?
         .cache_properties(zbus::proxy::CacheProperties::No)
         .build()
+}
+
+/// A blocking proxy on the system bus. Properties are not cached: each read asks the
+/// service (a cache follows `PropertiesChanged` asynchronously and can lag right
+/// after a call).
+pub fn system_proxy() -> zbus::Result<Trident1ProxyBlocking<'static>> {
+    proxy_at(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_messages_become_categorised_errors() {
+        let e = error_from_text(
+            "invalid-input [duplicate-mount-point] at storage.filesystems[1] (line 9, column 5): / is mounted twice\ninvalid-input [x]: second",
+        );
+        assert_eq!(e.category, Category::InvalidInput);
+        assert_eq!(e.code, "duplicate-mount-point");
+        assert_eq!(
+            e.message,
+            "at storage.filesystems[1] (line 9, column 5): / is mounted twice\ninvalid-input [x]: second"
+        );
+        let e = error_from_text("busy [servicing-in-progress]: stage is running");
+        assert_eq!(
+            (e.category, e.code.as_str(), e.message.as_str()),
+            (
+                Category::ExecutionEnvironment,
+                "servicing-in-progress",
+                "stage is running"
+            )
+        );
+        let e = error_from_text("servicing [cancelled]: stage was cancelled");
+        assert_eq!(
+            (e.category, e.code.as_str()),
+            (Category::Servicing, "cancelled")
+        );
+        let e = error_from_text("something odd");
+        assert_eq!(
+            (e.category, e.code.as_str(), e.message.as_str()),
+            (
+                Category::Servicing,
+                "dbus-operation-failed",
+                "something odd"
+            )
+        );
+        assert!(Outcome {
+            operation: "commit".into(),
+            success: true,
+            error: String::new()
+        }
+        .into_result()
+        .is_ok());
+    }
 }
