@@ -757,6 +757,11 @@ fn update(path: &Path, ops: &[Operation], args: &EngineArgs) -> Result<()> {
                 return Ok(());
             }
             crate::engine::StageOutcome::Staged(v) => eprintln!("staged into {v}"),
+            crate::engine::StageOutcome::RuntimeUpdated(changes) => {
+                eprintln!("runtime update applied: {changes}");
+                eprintln!("(a runtime update has nothing to finalize and needs no reboot)");
+                return Ok(());
+            }
         }
     }
     if ops.contains(&Operation::Finalize) {
@@ -777,11 +782,13 @@ fn commit(args: &EngineArgs) -> Result<()> {
 
 fn rollback(runtime: bool, check: bool, args: &EngineArgs) -> Result<()> {
     if runtime {
-        return Err(crate::TridentError::unsupported(
-            "runtime-rollback-not-supported",
-            "runtime updates are not supported by this engine yet, so there is none to revert",
-        )
-        .into());
+        let plan = crate::engine::rollback_runtime(&engine_ctx(args, None, false)?, check)?;
+        if check {
+            println!("would {plan}");
+        } else {
+            eprintln!("{plan}");
+        }
+        return Ok(());
     }
     let plan = crate::engine::rollback_ab(&engine_ctx(args, None, !check)?, check)?;
     if check {

@@ -285,16 +285,18 @@ pub fn run_operation(
                 "no update required: the Host Configuration is already applied",
             ),
             engine::StageOutcome::Staged(v) => progress.progress(100, format!("staged into {v}")),
+            engine::StageOutcome::RuntimeUpdated(c) => {
+                progress.progress(100, format!("runtime update applied: {c}"))
+            }
         }),
         Operation::Finalize => engine::finalize(&ctx),
         Operation::Commit => engine::commit(&ctx).map(|outcome| {
             progress.progress(100, outcome.to_string());
         }),
         Operation::Rollback if options.runtime => {
-            return Err(TridentError::unsupported(
-                "runtime-rollback-not-supported",
-                "runtime updates are not supported by this engine yet, so there is none to revert",
-            ))
+            engine::rollback_runtime(&ctx, false).map(|plan| {
+                progress.progress(100, plan.to_string());
+            })
         }
         Operation::Rollback => engine::rollback_ab(&ctx, false).map(|plan| {
             progress.progress(100, plan.to_string());
@@ -358,13 +360,13 @@ mod tests {
         // Stage without a Host Configuration is refused before the engine runs.
         let e = finished(&servicer, Operation::Stage).await;
         assert_eq!(e.code, "missing-host-configuration", "{e}");
-        // Runtime rollback is not supported.
+        // Runtime rollback runs the engine's runtime rollback (no datastore here).
         let mut r = request(Operation::Rollback);
         r.options.runtime = true;
         let mut running = servicer.start(r, CancelFlag::new()).await.unwrap();
         match running.events.recv().await {
             Some(OpEvent::Finished(Err(e))) => {
-                assert_eq!(e.code, "runtime-rollback-not-supported")
+                assert_eq!(e.code, "not-provisioned", "{e}")
             }
             other => panic!("unexpected event {other:?}"),
         }

@@ -10,6 +10,7 @@
 //! - [`bootcfg`] — ESP population, boot entries, the boot backend for a layout.
 //! - [`markers`] — marker files and the staged stamp (`docs/units.md` contract).
 //! - [`install`], [`update`], [`commit`], [`rollback`] — the flows.
+//! - [`runtime`] — runtime updates (sysexts/confexts/netplan) and their rollback.
 //! - [`target`]  — a volume mounted for configuration, its fstab, the configure step.
 //! - [`health`]  — the `internal health-check NAME` verb.
 
@@ -21,6 +22,7 @@ pub mod install;
 pub mod layout;
 pub mod markers;
 pub mod rollback;
+pub mod runtime;
 pub mod target;
 pub mod update;
 
@@ -36,6 +38,7 @@ use std::sync::Arc;
 pub use commit::{commit, health_check_failed, record_rollback, CommitOutcome};
 pub use install::install;
 pub use rollback::{rollback_ab, RollbackPlan};
+pub use runtime::{rollback_runtime, RuntimeChanges, RuntimeRollbackPlan};
 pub use update::{finalize, stage, StageOutcome};
 
 /// Progress callback: `(what, done, total)` in bytes.

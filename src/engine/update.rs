@@ -25,6 +25,9 @@ pub enum StageOutcome {
     Staged(AbVolume),
     /// The Host Configuration equals the applied one.
     NothingToDo,
+    /// Only sysexts/confexts/netplan changed: applied live (`provisioned` with the new
+    /// spec); nothing to finalize, no reboot.
+    RuntimeUpdated(super::runtime::RuntimeChanges),
 }
 
 /// What kind of servicing a new Host Configuration needs, compared to the applied one.
@@ -124,12 +127,15 @@ pub fn stage(hc: &HostConfiguration, ctx: &EngineContext) -> Result<StageOutcome
             .into())
         }
         UpdateKind::RuntimeUpdate => {
-            return Err(TridentError::unsupported(
-                "runtime-update-not-supported",
-                "only sysexts/confexts/netplan changed: runtime updates are not supported \
-                 by this engine yet",
-            )
-            .into())
+            if hs.servicing_state != ServicingState::Provisioned {
+                return Err(TridentError::servicing(
+                    "servicing-in-progress",
+                    "an A/B update is staged: finalize or replace it before a runtime update",
+                )
+                .into());
+            }
+            drop(store);
+            return super::runtime::update(hc, ctx).map(StageOutcome::RuntimeUpdated);
         }
         _ => {}
     }
