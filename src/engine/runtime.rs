@@ -655,8 +655,12 @@ fn swap_and_refresh(
             );
             continue;
         }
-        tool.refresh(kind, root)
-            .with_context(|| format!("running {} refresh", kind.tool()))?;
+        tool.refresh(kind, root).map_err(|e| {
+            TridentError::servicing(
+                "extension-refresh-failed",
+                format!("{} refresh failed: {e:#}", kind.tool()),
+            )
+        })?;
         let merged = tool.merged(kind, root)?;
         let missing: Vec<&str> = all
             .iter()
