@@ -481,3 +481,102 @@ fn real_sysext_on_this_machine() {
         }
     }
 }
+
+/// The real CLI and the real `systemd-sysext` really merging a squashfs sysext into
+/// `HOST_ROOT/usr`, replacing it, refusing a bad one and rolling back. systemd-sysext
+/// needs `/run` to be a mount point and the hierarchy's mount to propagate back from its
+/// private namespace: the script runs in a private mount namespace with a tmpfs on
+/// `/run` and the host root bind-mounted onto itself as a shared mount (all of it
+/// vanishes with the namespace).
+#[test]
+fn real_sysext_merges_replaces_and_rolls_back_via_the_cli() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    for tool in ["systemd-sysext", "mksquashfs", "unshare"] {
+        if !trident::cmd::have_program(tool) {
+            eprintln!("skipping: no {tool} (packages systemd, squashfs-tools, util-linux)");
+            return;
+        }
+    }
+    let h = Host::new();
+    std::fs::create_dir_all(h.root.join("usr/lib")).unwrap();
+    std::fs::copy("/etc/os-release", h.root.join("usr/lib/os-release")).unwrap();
+    let work = h.src.join("build");
+    std::fs::create_dir_all(&work).unwrap();
+    let one = h.image("rtone.raw", &squashfs_sysext(&work, "rtone"));
+    let two = h.image("rttwo.raw", &squashfs_sysext(&work, "rttwo"));
+    let bad = (one.0.replace("rtone", "rtbad"), two.1.clone());
+    std::fs::copy(h.src.join("rtone.raw"), h.src.join("rtbad.raw")).unwrap();
+    let write = |name: &str, hc: &HostConfiguration| {
+        let p = h.src.join(name);
+        std::fs::write(&p, serde_yaml::to_string(hc).unwrap()).unwrap();
+        p
+    };
+    let v1 = write("v1.yaml", &h.spec(&[one.clone()], None));
+    let vbad = write("bad.yaml", &h.spec(&[one.clone(), bad], None));
+    let v2 = write("v2.yaml", &h.spec(&[two.clone()], None));
+    let t = env!("CARGO_BIN_EXE_trident");
+    let common = format!(
+        "--datastore {} --host-root {} --work-dir {}",
+        h.ctx.datastore_path.display(),
+        h.root.display(),
+        h.ctx.work_dir.display()
+    );
+    let r = h.root.display();
+    let script = format!(
+        r#"set -u
+mount -t tmpfs tmpfs /run
+mount --bind {r} {r}
+mount --make-rshared {r}
+step() {{ n=$1; shift; "$@" >/dev/null 2>{r}.err-$n; echo "rc-$n=$?"; echo "usr-$n=$(ls {r}/usr/share/trident-test 2>/dev/null | tr '\n' ' ')"; }}
+step 1 {t} update {v1} {common}
+step 2 {t} update {vbad} {common}
+grep -o 'extension-hash-mismatch' {r}.err-2
+step 3 {t} update {v2} {common}
+step 4 {t} rollback --runtime {common}
+systemd-sysext --root={r} unmerge >/dev/null 2>&1
+echo "usr-end=$(ls {r}/usr/share/trident-test 2>/dev/null | tr '\n' ' ')"
+"#,
+        v1 = v1.display(),
+        vbad = vbad.display(),
+        v2 = v2.display(),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let errs: String = (1..=4)
+        .map(|n| {
+            format!(
+                "--- step {n}\n{}\n",
+                std::fs::read_to_string(format!("{r}.err-{n}")).unwrap_or_default()
+            )
+        })
+        .collect();
+    let d = format!("{text}\n{}\n{errs}", String::from_utf8_lossy(&out.stderr));
+    let has = |l: &str| text.lines().any(|x| x.trim_end() == l);
+    assert!(has("rc-1=0") && has("usr-1=rtone"), "{d}");
+    assert!(has("rc-2=6") && has("usr-2=rtone"), "{d}");
+    assert!(has("extension-hash-mismatch"), "{d}");
+    assert!(has("rc-3=0") && has("usr-3=rttwo"), "{d}");
+    assert!(has("rc-4=0") && has("usr-4=rtone"), "{d}");
+    assert!(has("usr-end="), "{d}");
+    assert_eq!(h.ext_dir_listing(), names(&["rtone.raw"]), "{d}");
+    let hs = h.store().host_status().unwrap();
+    assert_eq!(hs.servicing_state, ServicingState::Provisioned);
+    assert_eq!(
+        hs.spec
+            .os
+            .sysexts
+            .iter()
+            .map(|e| &e.url)
+            .collect::<Vec<_>>(),
+        [&one.0]
+    );
+    // The namespace is gone: nothing stays mounted on the host root.
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&h.root.display().to_string()), "{mounts}");
+}

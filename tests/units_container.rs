@@ -659,3 +659,185 @@ fn bus_activation_and_stage_start_the_stage_unit() {
         "{d}"
     );
 }
+
+/// A provisioned datastore whose spec is `hc` (volume A active), made with the real
+/// datastore code, as bytes.
+fn provisioned_datastore_with(hc: &trident::config::HostConfiguration) -> Vec<u8> {
+    use trident::status::{AbVolume, ImageRef, Transition};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("datastore.sqlite");
+    let mut ds = trident::datastore::Datastore::open(&path).unwrap();
+    ds.transition(Transition::StageCleanInstall {
+        spec: hc.clone(),
+        image: ImageRef {
+            url: "file:///img.cosi".into(),
+            sha384: "ab".repeat(48),
+        },
+        block_devices: Default::default(),
+    })
+    .unwrap();
+    ds.transition(Transition::FinalizeCleanInstall).unwrap();
+    ds.transition(Transition::CommitCleanInstall {
+        booted: AbVolume::VolumeA,
+    })
+    .unwrap();
+    drop(ds);
+    fs::read(&path).unwrap()
+}
+
+/// A squashfs sysext image named `name` (extension-release `ID=_any`) that adds
+/// `/usr/share/trident-test/NAME`.
+fn squashfs_sysext(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let tree = dir.join(format!("tree-{name}"));
+    let rel = tree.join("usr/lib/extension-release.d");
+    fs::create_dir_all(&rel).unwrap();
+    fs::write(rel.join(format!("extension-release.{name}")), "ID=_any\n").unwrap();
+    fs::create_dir_all(tree.join("usr/share/trident-test")).unwrap();
+    fs::write(tree.join("usr/share/trident-test").join(name), name).unwrap();
+    let out = dir.join(format!("{name}.raw"));
+    let st = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&out)
+        .args(["-noappend", "-quiet", "-all-root"])
+        .status()
+        .expect("mksquashfs (package squashfs-tools)");
+    assert!(st.success(), "mksquashfs failed");
+    fs::read(&out).unwrap()
+}
+
+const RUNTIME_PROBE: &str = r#"#!/bin/sh
+# Runs the real trident (not the fake seam at /usr/bin/trident) against real
+# systemd-sysext under systemd as PID 1.
+T=/run/trident-test/trident
+mkdir -p /run/trident-test
+cp /usr/lib/trident-test/trident.bin $T && chmod 755 $T
+D="--datastore /var/lib/trident/datastore.sqlite"
+step() {
+    n=$1; shift
+    "$@" > /results/rt-$n.out 2>&1; echo $? > /results/rt-$n.rc
+    ls /usr/share/trident-test/ > /results/rt-$n.usr 2>&1
+    ls -A /var/lib/extensions/ > /results/rt-$n.dir 2>&1
+    systemd-sysext status --json=short > /results/rt-$n.status 2>&1
+}
+step 0 true
+step 1 $T update /etc/trident-test/v1.yaml $D
+step 2 $T update /etc/trident-test/bad.yaml $D
+step 3 $T update /etc/trident-test/v2.yaml $D
+step 4 $T rollback --runtime --check $D
+step 5 $T rollback --runtime $D
+$T get status $D --format json > /results/rt-status.json 2>&1
+$T get history $D --format json > /results/rt-history.json 2>&1
+"#;
+
+const RUNTIME_PROBE_UNIT: &str = "[Unit]
+Description=Test probe: runtime update with the real trident and systemd-sysext
+Before=trident-test-report.service
+After=local-fs.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/sh /usr/lib/trident-test/runtime-probe.sh
+";
+
+#[test]
+fn runtime_update_really_merges_and_reverts_a_sysext() {
+    if !enabled() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let one = squashfs_sysext(tmp.path(), "rtone");
+    let two = squashfs_sysext(tmp.path(), "rttwo");
+    let sha = |b: &[u8]| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha384::digest(b))
+    };
+    let base_yaml =
+        fs::read_to_string(repo().join("../shared/compat/host-configs/basic.yaml")).unwrap();
+    let base = trident::config::parse(&base_yaml).unwrap();
+    let with = |exts: &[(&str, String)]| {
+        let mut y = format!("{base_yaml}os:\n  sysexts:\n");
+        for (name, digest) in exts {
+            y += &format!("  - url: file:///srv/ext/{name}.raw\n    sha384: {digest}\n");
+        }
+        trident::config::parse(&y).expect("runtime HC parses");
+        y
+    };
+    let v1 = with(&[("rtone", sha(&one))]);
+    // rttwo served with rtone's bytes: the digest does not match.
+    let bad = with(&[("rtone", sha(&one)), ("rtbad", sha(&two))]);
+    let v2 = with(&[("rttwo", sha(&two))]);
+    let b = boot_with(
+        "runtime",
+        &[
+            ("/usr/lib/trident-test/runtime-probe.sh", RUNTIME_PROBE),
+            (
+                "/etc/systemd/system/trident-test-runtime.service",
+                RUNTIME_PROBE_UNIT,
+            ),
+            (
+                "/etc/systemd/system/trident-test-report.service.d/runtime.conf",
+                "[Unit]\nWants=trident-test-runtime.service\nAfter=trident-test-runtime.service\n",
+            ),
+            ("/etc/trident-test/v1.yaml", &v1),
+            ("/etc/trident-test/bad.yaml", &bad),
+            ("/etc/trident-test/v2.yaml", &v2),
+        ],
+        &[
+            (
+                "/usr/lib/trident-test/trident.bin",
+                fs::read(env!("CARGO_BIN_EXE_trident")).unwrap(),
+            ),
+            ("/srv/ext/rtone.raw", one.clone()),
+            ("/srv/ext/rttwo.raw", two.clone()),
+            ("/srv/ext/rtbad.raw", one.clone()),
+            (
+                "/var/lib/trident/datastore.sqlite",
+                provisioned_datastore_with(&base),
+            ),
+        ],
+    );
+    let mut d = b.dump();
+    for n in 0..6 {
+        for ext in ["rc", "out", "usr", "dir", "status"] {
+            d += &format!("--- rt-{n}.{ext}\n{}\n", b.read(&format!("rt-{n}.{ext}")));
+        }
+    }
+    assert_eq!(b.exit, 0, "{d}");
+    // Before: nothing merged.
+    assert!(!b.read("rt-0.usr").contains("rtone"), "{d}");
+    // v1: placed, really merged into /usr.
+    assert_eq!(b.read("rt-1.rc").trim(), "0", "{d}");
+    assert_eq!(b.read("rt-1.usr").trim(), "rtone", "{d}");
+    assert!(b.read("rt-1.status").contains("rtone"), "{d}");
+    assert!(b.read("rt-1.out").contains("needs no reboot"), "{d}");
+    // bad: refused (hash) before anything changed; rtone still merged.
+    assert_ne!(b.read("rt-2.rc").trim(), "0", "{d}");
+    assert!(
+        b.read("rt-2.out").contains("extension-hash-mismatch"),
+        "{d}"
+    );
+    assert_eq!(b.read("rt-2.usr").trim(), "rtone", "{d}");
+    assert_eq!(b.read("rt-2.dir").trim(), "rtone.raw", "{d}");
+    // v2: rtone replaced by rttwo, really unmerged / merged.
+    assert_eq!(b.read("rt-3.rc").trim(), "0", "{d}");
+    assert_eq!(b.read("rt-3.usr").trim(), "rttwo", "{d}");
+    assert_eq!(b.read("rt-3.dir").trim(), "rttwo.raw", "{d}");
+    // rollback --runtime --check changes nothing.
+    assert_eq!(b.read("rt-4.rc").trim(), "0", "{d}");
+    assert!(b.read("rt-4.out").contains("would revert"), "{d}");
+    assert_eq!(b.read("rt-4.usr").trim(), "rttwo", "{d}");
+    // rollback --runtime: back to rtone.
+    assert_eq!(b.read("rt-5.rc").trim(), "0", "{d}");
+    assert_eq!(b.read("rt-5.usr").trim(), "rtone", "{d}");
+    assert_eq!(b.read("rt-5.dir").trim(), "rtone.raw", "{d}");
+    let st: serde_json::Value = serde_json::from_str(&b.read("rt-status.json")).expect(&d);
+    assert_eq!(st["servicingState"], "provisioned", "{d}");
+    let history = b.read("rt-history.json");
+    for op in [
+        "commit-runtime-update",
+        "revert-runtime",
+        "commit-manual-rollback-runtime",
+    ] {
+        assert!(history.contains(op), "{op} missing\n{history}\n{d}");
+    }
+}

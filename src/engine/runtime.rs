@@ -114,11 +114,37 @@ impl ExtensionTool for Systemd {
     }
 
     fn merged(&self, kind: ExtensionKind, root: &Path) -> Result<BTreeSet<String>> {
-        let out = Self::cmd(kind, root)
-            .args(["status", "--json=short"])
-            .output_string()?;
-        parse_status(&out).with_context(|| format!("reading `{} status` output", kind.tool()))
+        if root == Path::new("/") {
+            let out = Self::cmd(kind, root)
+                .args(["status", "--json=short"])
+                .output_string()?;
+            return parse_status(&out)
+                .with_context(|| format!("reading `{} status` output", kind.tool()));
+        }
+        // systemd 252's `status --root=` opens the marker without the root prefix:
+        // read the marker the merge leaves in each hierarchy ourselves.
+        merged_from_markers(kind, root)
     }
+}
+
+/// The names listed in `HIERARCHY/.systemd-sysext/extensions` (`.systemd-confext` for
+/// confexts) under `root`: what `systemd-sysext status` reports. The marker only exists
+/// inside a merged hierarchy (it lives in the overlay's top layer).
+pub fn merged_from_markers(kind: ExtensionKind, root: &Path) -> Result<BTreeSet<String>> {
+    let (hierarchies, marker): (&[&str], &str) = match kind {
+        ExtensionKind::Sysext => (&["usr", "opt"], ".systemd-sysext/extensions"),
+        ExtensionKind::Confext => (&["etc"], ".systemd-confext/extensions"),
+    };
+    let mut names = BTreeSet::new();
+    for h in hierarchies {
+        let file = root.join(h).join(marker);
+        match fs::read_to_string(&file) {
+            Ok(text) => names.extend(text.split_whitespace().map(str::to_string)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+        }
+    }
+    Ok(names)
 }
 
 /// The extension names in `systemd-sysext status --json=short` output: one object per
@@ -793,6 +819,23 @@ mod tests {
                 .is_empty()
         );
         assert!(parse_status("not json").is_err());
+    }
+
+    #[test]
+    fn reads_merge_markers() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(merged_from_markers(ExtensionKind::Sysext, d.path())
+            .unwrap()
+            .is_empty());
+        fs::create_dir_all(d.path().join("usr/.systemd-sysext")).unwrap();
+        fs::write(d.path().join("usr/.systemd-sysext/extensions"), "a b\n").unwrap();
+        fs::create_dir_all(d.path().join("opt/.systemd-sysext")).unwrap();
+        fs::write(d.path().join("opt/.systemd-sysext/extensions"), "c\n").unwrap();
+        let got = merged_from_markers(ExtensionKind::Sysext, d.path()).unwrap();
+        assert_eq!(got.into_iter().collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert!(merged_from_markers(ExtensionKind::Confext, d.path())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
