@@ -514,9 +514,9 @@ fn real_sysext_merges_replaces_and_rolls_back_via_the_cli() {
         std::fs::write(&p, serde_yaml::to_string(hc).unwrap()).unwrap();
         p
     };
-    let v1 = write("v1.yaml", &h.spec(&[one.clone()], None));
+    let v1 = write("v1.yaml", &h.spec(std::slice::from_ref(&one), None));
     let vbad = write("bad.yaml", &h.spec(&[one.clone(), bad], None));
-    let v2 = write("v2.yaml", &h.spec(&[two.clone()], None));
+    let v2 = write("v2.yaml", &h.spec(std::slice::from_ref(&two), None));
     let t = env!("CARGO_BIN_EXE_trident");
     let common = format!(
         "--datastore {} --host-root {} --work-dir {}",
