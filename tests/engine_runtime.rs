@@ -580,3 +580,59 @@ echo "usr-end=$(ls {r}/usr/share/trident-test 2>/dev/null | tr '\n' ' ')"
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&h.root.display().to_string()), "{mounts}");
 }
+
+#[test]
+fn an_interrupted_runtime_update_is_put_back() {
+    let h = Host::new();
+    let tool = StandIn::default();
+    let a = h.image("a.raw", b"image a v1");
+    let k = h.image("k.raw", b"image k v1");
+    let v1 = h.spec(&[a.clone(), k.clone()], None);
+    runtime::update_with(&v1, &h.ctx, &tool).unwrap();
+    // A run of v2 (a replaced, c added, netplan) killed after placing part of it.
+    let (a2_url, a2_sha) = {
+        let p = h.src.join("v2");
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("a.raw"), b"image a v2").unwrap();
+        (
+            format!("file://{}", p.join("a.raw").display()),
+            sha(b"image a v2"),
+        )
+    };
+    let c = h.image("c.raw", b"image c v1");
+    let v2 = h.spec(&[(a2_url, a2_sha), k, c], Some("version: 2\n"));
+    h.store()
+        .transition(Transition::StageRuntimeUpdate { spec: v2.clone() })
+        .unwrap();
+    std::fs::rename(h.ext("a.raw"), h.ext(".a.raw.trident-old")).unwrap();
+    std::fs::write(h.ext("a.raw"), b"image a v2").unwrap();
+    std::fs::write(h.ext("c.raw"), b"image c v1").unwrap();
+    std::fs::write(h.ext(".k.raw.trident-old"), b"stale").unwrap();
+    std::fs::write(h.ext(".d.raw.trident-new"), b"partial").unwrap();
+    std::fs::create_dir_all(h.netplan().parent().unwrap()).unwrap();
+    std::fs::write(h.netplan(), "network: {version: 2}\n").unwrap();
+
+    // --check refuses to plan over an interrupted change.
+    let e = runtime::rollback_runtime_with(&h.ctx, true, &tool).unwrap_err();
+    assert_eq!(code(&e), "runtime-change-interrupted");
+    // rollback --runtime puts the previous files back.
+    runtime::rollback_runtime_with(&h.ctx, false, &tool).unwrap();
+    let mut listing = h.ext_dir_listing();
+    listing.remove(".d.raw.trident-new"); // not an image of either spec: left alone
+    assert_eq!(listing, names(&["a.raw", "k.raw"]));
+    assert_eq!(std::fs::read(h.ext("a.raw")).unwrap(), b"image a v1");
+    assert_eq!(std::fs::read(h.ext("k.raw")).unwrap(), b"image k v1");
+    assert!(!h.netplan().exists());
+    assert_eq!(*tool.merged.borrow(), names(&["a", "k"]));
+    let hs = h.store().host_status().unwrap();
+    assert_eq!(hs.servicing_state, ServicingState::Provisioned);
+    assert_eq!(hs.spec, v1);
+    assert_eq!(
+        hs.last_error.map(|e| e.code),
+        Some("runtime-change-interrupted".into())
+    );
+    // And v2 can then be applied normally.
+    runtime::update_with(&v2, &h.ctx, &tool).unwrap();
+    assert_eq!(std::fs::read(h.ext("a.raw")).unwrap(), b"image a v2");
+    assert_eq!(*tool.merged.borrow(), names(&["a", "c", "k"]));
+}

@@ -327,6 +327,7 @@ pub fn update_with(
     tool: &dyn ExtensionTool,
 ) -> Result<RuntimeChanges> {
     let mut store = Datastore::open_existing(&ctx.datastore_path)?;
+    recover_interrupted(&mut store, ctx, tool)?;
     let hs = store.host_status()?;
     expect_provisioned(hs.servicing_state, "apply a runtime update")?;
     if super::update::classify(&hs.spec, hc) != super::update::UpdateKind::RuntimeUpdate {
@@ -340,8 +341,9 @@ pub fn update_with(
     tracing::info!(%changes, "runtime update");
     store.transition(Transition::StageRuntimeUpdate { spec: hc.clone() })?;
     match apply(hc, &changes, ctx, tool) {
-        Ok(()) => {
+        Ok(backups) => {
             store.transition(Transition::CommitRuntimeUpdate)?;
+            remove_backups(&backups);
             tracing::info!("runtime update applied");
             Ok(changes)
         }
@@ -377,6 +379,21 @@ pub fn rollback_runtime_with(
     tool: &dyn ExtensionTool,
 ) -> Result<RuntimeRollbackPlan> {
     let mut store = Datastore::open_existing(&ctx.datastore_path)?;
+    if check {
+        let state = store.host_status()?.servicing_state;
+        if is_runtime_staged(state) {
+            return Err(TridentError::servicing(
+                "runtime-change-interrupted",
+                format!("the host is {state}: a runtime change was interrupted; `rollback --runtime` puts the previous files back"),
+            )
+            .into());
+        }
+    } else if recover_interrupted(&mut store, ctx, tool)? {
+        // The interrupted change was undone: that is the rollback.
+        return Ok(RuntimeRollbackPlan {
+            changes: RuntimeChanges::default(),
+        });
+    }
     let hs = store.host_status()?;
     expect_provisioned(hs.servicing_state, "roll back a runtime update")?;
     let target = store.runtime_rollback_target()?.ok_or_else(|| {
@@ -403,8 +420,9 @@ pub fn rollback_runtime_with(
         spec: target.clone(),
     })?;
     match apply(&target, &plan.changes, ctx, tool) {
-        Ok(()) => {
+        Ok(backups) => {
             store.transition(Transition::CommitManualRollbackRuntime)?;
+            remove_backups(&backups);
             tracing::info!("runtime rollback applied");
             Ok(plan)
         }
@@ -413,6 +431,80 @@ pub fn rollback_runtime_with(
             Err(e)
         }
     }
+}
+
+fn is_runtime_staged(state: ServicingState) -> bool {
+    matches!(
+        state,
+        ServicingState::RuntimeUpdateStaged | ServicingState::ManualRollbackRuntimeStaged
+    )
+}
+
+/// A run killed between `stage-runtime-update` (or `stage-manual-rollback-runtime`) and
+/// its commit left the host in that state, maybe with hidden temporaries and backups:
+/// put back the files of the previous spec (backups over replaced images, images only
+/// the new spec has removed, netplan rewritten), refresh, and record `revert-runtime`.
+/// Returns whether there was something to recover.
+pub fn recover_interrupted(
+    store: &mut Datastore,
+    ctx: &EngineContext,
+    tool: &dyn ExtensionTool,
+) -> Result<bool> {
+    let hs = store.host_status()?;
+    if !is_runtime_staged(hs.servicing_state) {
+        return Ok(false);
+    }
+    let previous = hs.previous_spec.clone().ok_or_else(|| {
+        anyhow::Error::new(TridentError::internal(
+            "missing-previous-spec",
+            format!("the host is {} without a previous spec", hs.servicing_state),
+        ))
+    })?;
+    tracing::warn!(state = %hs.servicing_state, "recovering an interrupted runtime change");
+    let root = ctx.host_root.as_path();
+    let old_p = placements(&previous)?;
+    let new_p = placements(&hs.spec)?;
+    for p in old_p.iter().chain(&new_p) {
+        let path = host(root, &p.path);
+        let _ = fs::remove_file(sibling(&path, NEW_SUFFIX));
+        let backup = sibling(&path, OLD_SUFFIX);
+        let touched = !(old_p.contains(p) && new_p.contains(p));
+        if !touched {
+            // Unchanged by the interrupted run: a backup there is stale.
+            let _ = fs::remove_file(&backup);
+        } else if backup.exists() {
+            fs::rename(&backup, &path).with_context(|| format!("restoring {}", path.display()))?;
+        } else if !old_p.iter().any(|o| o.path == p.path) && path.exists() {
+            fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    if previous.os.netplan != hs.spec.os.netplan {
+        let file = root.join(NETPLAN_FILE);
+        match &previous.os.netplan {
+            Some(v) => write_netplan(&file, v)?,
+            None => {
+                let _ = fs::remove_file(&file);
+            }
+        }
+    }
+    for kind in [ExtensionKind::Sysext, ExtensionKind::Confext] {
+        if tool.available(kind) && (!kind.of(&previous).is_empty() || !kind.of(&hs.spec).is_empty())
+        {
+            if let Err(e) = tool.refresh(kind, root) {
+                tracing::error!("refreshing {kind}s after recovering: {e:#}");
+            }
+        }
+    }
+    store.transition(Transition::RevertRuntime {
+        error: TridentError::servicing(
+            "runtime-change-interrupted",
+            format!(
+                "a runtime change was interrupted ({}); the previous extensions and netplan were put back",
+                hs.servicing_state
+            ),
+        ),
+    })?;
+    Ok(true)
 }
 
 fn expect_provisioned(state: ServicingState, what: &str) -> Result<()> {
@@ -446,13 +538,13 @@ enum Undo {
 }
 
 /// Put the files of `new` in place, refresh, verify; on failure undo everything and
-/// refresh again.
+/// refresh again. Returns the backups, to remove once the change is committed.
 fn apply(
     new: &HostConfiguration,
     changes: &RuntimeChanges,
     ctx: &EngineContext,
     tool: &dyn ExtensionTool,
-) -> Result<()> {
+) -> Result<Vec<PathBuf>> {
     let root = ctx.host_root.as_path();
     let mut downloads: Vec<(Placement, PathBuf)> = Vec::new();
     let result = download_all(changes, ctx, &mut downloads);
@@ -465,16 +557,13 @@ fn apply(
     let mut undo: Vec<Undo> = Vec::new();
     let result = swap_and_refresh(new, changes, &downloads, ctx, tool, &mut undo);
     match result {
-        Ok(()) => {
-            for u in &undo {
-                if let Undo::MovedAside { backup, .. } = u {
-                    if let Err(e) = fs::remove_file(backup) {
-                        tracing::warn!(backup = %backup.display(), "could not remove a backup: {e}");
-                    }
-                }
-            }
-            Ok(())
-        }
+        Ok(()) => Ok(undo
+            .into_iter()
+            .filter_map(|u| match u {
+                Undo::MovedAside { backup, .. } => Some(backup),
+                _ => None,
+            })
+            .collect()),
         Err(e) => {
             tracing::warn!("runtime change failed, putting every file back: {e:#}");
             for (_, tmp) in &downloads {
@@ -504,6 +593,14 @@ fn apply(
                 )));
             }
             Err(e)
+        }
+    }
+}
+
+fn remove_backups(backups: &[PathBuf]) {
+    for b in backups {
+        if let Err(e) = fs::remove_file(b) {
+            tracing::warn!(backup = %b.display(), "could not remove a backup: {e}");
         }
     }
 }
