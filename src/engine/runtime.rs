@@ -96,11 +96,28 @@ pub struct Systemd;
 
 impl Systemd {
     fn cmd(kind: ExtensionKind, root: &Path) -> Cmd {
-        let mut c = Cmd::new(kind.tool());
         if root != Path::new("/") {
-            c = c.arg(format!("--root={}", root.display()));
+            return Cmd::new(kind.tool()).arg(format!("--root={}", root.display()));
         }
-        c
+        if in_private_mount_namespace() {
+            // A unit with PrivateTmp= etc. runs in its own (slave) mount namespace: a
+            // merge made there would never reach the host. Merge in PID 1's namespace.
+            tracing::debug!("running {} in PID 1's mount namespace", kind.tool());
+            return Cmd::new("nsenter").args(["--mount=/proc/1/ns/mnt", "--", kind.tool()]);
+        }
+        Cmd::new(kind.tool())
+    }
+}
+
+/// Whether this process's mount namespace differs from PID 1's (a sandboxed unit).
+pub fn in_private_mount_namespace() -> bool {
+    match (
+        fs::read_link("/proc/self/ns/mnt"),
+        fs::read_link("/proc/1/ns/mnt"),
+    ) {
+        (Ok(a), Ok(b)) => a != b,
+        // PID 1's namespace is not readable (not root, or no /proc): stay where we are.
+        _ => false,
     }
 }
 
