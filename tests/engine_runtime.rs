@@ -535,6 +535,8 @@ step 1 {t} update {v1} {common}
 step 2 {t} update {vbad} {common}
 grep -o 'extension-hash-mismatch' {r}.err-2
 step 3 {t} update {v2} {common}
+echo "check=$({t} rollback --runtime --check {common} 2>/dev/null)"
+echo "usr-check=$(ls {r}/usr/share/trident-test 2>/dev/null | tr '\n' ' ')"
 step 4 {t} rollback --runtime {common}
 systemd-sysext --root={r} unmerge >/dev/null 2>&1
 echo "usr-end=$(ls {r}/usr/share/trident-test 2>/dev/null | tr '\n' ' ')"
@@ -562,6 +564,13 @@ echo "usr-end=$(ls {r}/usr/share/trident-test 2>/dev/null | tr '\n' ' ')"
     assert!(has("rc-2=6") && has("usr-2=rtone"), "{d}");
     assert!(has("extension-hash-mismatch"), "{d}");
     assert!(has("rc-3=0") && has("usr-3=rttwo"), "{d}");
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("check=would revert the last runtime update: place sysext rtone")
+            && l.contains("remove sysext rttwo")),
+        "{d}"
+    );
+    assert!(has("usr-check=rttwo"), "--check must change nothing\n{d}");
     assert!(has("rc-4=0") && has("usr-4=rtone"), "{d}");
     assert!(has("usr-end="), "{d}");
     assert_eq!(h.ext_dir_listing(), names(&["rtone.raw"]), "{d}");
