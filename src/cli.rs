@@ -704,6 +704,43 @@ fn via_dbus(
     Ok(())
 }
 
+/// The cancel flag of this process's engine runs: set by the first SIGTERM or SIGINT
+/// (`systemctl stop`, D-Bus `Cancel` through systemd, Ctrl-C), so the engine stops at
+/// its next check, marks what it was writing unusable and records the cancellation;
+/// a second signal ends the process at once. SIGTERM/SIGINT are blocked in every thread
+/// and taken by one waiting thread (`sigwait`), so no code runs in a signal handler.
+fn cancel_on_termination() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        if let Err(e) = set.thread_block() {
+            tracing::warn!("cannot block SIGTERM/SIGINT; a stop will not cancel cleanly: {e}");
+            return flag;
+        }
+        let f = flag.clone();
+        std::thread::spawn(move || loop {
+            match set.wait() {
+                Ok(sig) if !f.swap(true, Ordering::SeqCst) => {
+                    tracing::warn!("{sig}: cancelling; the engine stops at its next step");
+                }
+                Ok(sig) => {
+                    eprintln!("{sig} again: exiting at once");
+                    std::process::exit(128 + sig as i32);
+                }
+                Err(_) => return,
+            }
+        });
+        flag
+    })
+    .clone()
+}
+
 /// The engine context for a servicing verb. `reboot`: the verb may reboot (public
 /// verbs, unless `--no-reboot`; never the units' internal verbs).
 fn engine_ctx(
@@ -718,6 +755,7 @@ fn engine_ctx(
         Path::new(DEFAULT_CONF_FILE),
     )?;
     let mut ctx = crate::engine::EngineContext::new(path);
+    ctx.cancel = cancel_on_termination();
     ctx.efivars_root = args.efivars.clone();
     ctx.allow_reboot = reboot && !args.no_reboot;
     ctx.host_root = args.host_root.clone();
