@@ -524,20 +524,8 @@ fn sigterm_mid_stage_cancels_cleanly() {
     let host = Host::new(256 * MIB, true);
     host.installed();
     let active_sum = sha256_of(&host.part(2));
-    // v2 over HTTP at a tenth of its size per second.
-    let v2 = std::fs::read(&images().v2).unwrap();
-    let rate = (v2.len() / 10).max(64 * 1024);
-    let data = std::sync::Arc::new(v2);
-    let (port, _) = support::tiny_server(move |req, _| {
-        let mut r = support::range_reply(req, &data);
-        r.rate = Some(rate);
-        r
-    });
     let dir = host.dir.path();
-    let yaml = host.hc_text(&images().v2, "").replace(
-        &format!("file://{}", images().v2.display()),
-        &format!("http://127.0.0.1:{port}/v2.cosi"),
-    );
+    let yaml = host.slow_v2_yaml();
     let hc_file = dir.join("slow.yaml");
     std::fs::write(&hc_file, yaml).unwrap();
     let notify_path = dir.join("notify");
