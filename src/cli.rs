@@ -297,9 +297,17 @@ pub enum InternalCommand {
     },
     /// Clean install from the Host Configuration at LOC (the unit reboots).
     Install {
-        /// Host Configuration path.
+        /// Request files (Host Configurations written by tridentd), first existing wins.
+        #[arg(long)]
+        request: Vec<PathBuf>,
+        /// Host Configuration used when no request file exists.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Manual A/B rollback: arm one trial boot of the previous OS (the unit reboots).
+    Rollback {
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -464,12 +472,23 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("{outcome:?}");
                 Ok(())
             }
-            InternalCommand::Install { config, engine } => install(
-                &config,
-                &[Operation::Stage, Operation::Finalize],
-                &engine,
-                false,
-            ),
+            InternalCommand::Install {
+                request,
+                config,
+                engine,
+            } => with_request(&request, &config, |path| {
+                install(
+                    path,
+                    &[Operation::Stage, Operation::Finalize],
+                    &engine,
+                    false,
+                )
+            }),
+            InternalCommand::Rollback { engine } => {
+                let plan = crate::engine::rollback_ab(&engine_ctx(&engine, None, false)?, false)?;
+                eprintln!("{plan}");
+                Ok(())
+            }
         },
         Command::Cosi { command } => match command {
             CosiCommand::Inspect {
@@ -831,9 +850,20 @@ fn rollback(runtime: bool, check: bool, args: &EngineArgs) -> Result<()> {
 }
 
 fn internal_stage(requests: &[PathBuf], config: &Path, args: &EngineArgs) -> Result<()> {
+    with_request(requests, config, |path| {
+        update(path, &[Operation::Stage], args)
+    })
+}
+
+/// Run `f` on the first existing request file (then remove it), else on `config`.
+fn with_request(
+    requests: &[PathBuf],
+    config: &Path,
+    f: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let request = requests.iter().find(|p| p.exists());
     let path = request.map(PathBuf::as_path).unwrap_or(config);
-    let result = update(path, &[Operation::Stage], args);
+    let result = f(path);
     if let Some(r) = request {
         // The outcome is recorded in the datastore either way.
         if let Err(e) = std::fs::remove_file(r) {

@@ -527,7 +527,7 @@ fn installer_boot_runs_the_install_and_reboots() {
     );
     assert_eq!(
         b.calls(),
-        vec!["[internal] [install] [--config] [/etc/trident/install-hc.yaml]".to_string()],
+        vec!["[internal] [install] [--request] [/run/trident/requests/install.yaml] [--config] [/etc/trident/install-hc.yaml]".to_string()],
         "{d}"
     );
 }
