@@ -6,6 +6,9 @@
 //! `/usr/bin/trident` in the container is `tests/container/fake-trident.sh`, a seam
 //! standing in for the `trident internal ...` verbs until the engine provides them.
 
+mod engine_support;
+mod support;
+
 use std::fs;
 use std::path::PathBuf;
 use std::process::Command;
@@ -129,11 +132,17 @@ impl Boot {
 /// Boot once with `files` laid over the install. With `TRIDENT_CONTAINER_RESULTS=DIR`
 /// the results are also copied to `DIR/NAME` for inspection.
 fn boot(name: &str, files: &[(&str, &str)]) -> Boot {
-    boot_with(name, files, &[])
+    boot_with(name, files, &[], &[])
 }
 
-/// [`boot`] with binary files too (path in the container → bytes, mode 0644).
-fn boot_with(name: &str, files: &[(&str, &str)], binary: &[(&str, Vec<u8>)]) -> Boot {
+/// [`boot`] with binary files too (path in the container → bytes, mode) and more
+/// `systemd-nspawn` options.
+fn boot_with(
+    name: &str,
+    files: &[(&str, &str)],
+    binary: &[(&str, Vec<u8>, u32)],
+    nspawn: &[String],
+) -> Boot {
     let root = rootfs();
     let tmp = tempfile::tempdir().unwrap();
     let payload = tmp.path().join("payload");
@@ -208,12 +217,13 @@ fn boot_with(name: &str, files: &[(&str, &str)], binary: &[(&str, Vec<u8>)]) -> 
     for (path, content) in files {
         put(path, content.as_bytes(), 0o644);
     }
-    for (path, content) in binary {
-        put(path, content, 0o644);
+    for (path, content, mode) in binary {
+        put(path, content, *mode);
     }
     let out = Command::new(ct.join("run.sh"))
         .args([&root, &payload, &results])
         .arg("180")
+        .env("TRIDENT_NSPAWN_EXTRA", nspawn.join(" "))
         .status()
         .expect("tests/container/run.sh");
     if let Ok(keep) = std::env::var("TRIDENT_CONTAINER_RESULTS") {
@@ -619,7 +629,12 @@ fn bus_activation_and_stage_start_the_stage_unit() {
             ),
             ("/etc/trident-test/stage.yaml", &yaml),
         ],
-        &[("/var/lib/trident/datastore.sqlite", provisioned_datastore())],
+        &[(
+            "/var/lib/trident/datastore.sqlite",
+            provisioned_datastore(),
+            0o644,
+        )],
+        &[],
     );
     let d = format!(
         "{}--- dbus\n{}\n{}\n{}\n{}\n{}\n",
@@ -658,4 +673,139 @@ fn bus_activation_and_stage_start_the_stage_unit() {
         "s \"\"\ns \"provisioned\"\ns \"\"\n",
         "{d}"
     );
+}
+
+const STAGE_PROBE: &str = r#"#!/bin/sh
+# Start the real stage unit and watch what `systemctl status` shows while it streams.
+systemctl start --no-block trident-stage.service
+i=0
+while [ $i -lt 600 ]; do
+    st=$(systemctl show -p StatusText --value trident-stage.service)
+    case "$st" in
+        "writing / onto "*)
+            systemctl status --no-pager --full trident-stage.service > /results/stage-systemctl-status.txt 2>&1
+            break ;;
+    esac
+    sleep 0.1; i=$((i+1))
+done
+i=0
+while [ $i -lt 600 ] && [ "$(systemctl show -p ActiveState --value trident-stage.service)" = activating ]; do
+    sleep 0.2; i=$((i+1))
+done
+systemctl show -p Result -p ExecMainStatus trident-stage.service > /results/stage-result.txt
+trident get status --format summary > /results/stage-get-status.txt 2>&1
+journalctl -u trident-stage.service -o cat --no-pager > /results/stage-journal.txt 2>&1
+journalctl MESSAGE_ID=4f6e0c1a8b2d4c3e9a7f1b2c3d4e5f60 -o cat --no-pager > /results/staged-milestone.txt 2>&1
+"#;
+
+/// The real binary behind the real unit: `systemctl start trident-stage.service` inside
+/// the container stages v2 (served slowly over HTTP on loopback) into volume B of a
+/// loop device the host test installed v1 onto; `systemctl status` shows the progress
+/// line while it streams; the datastore says `ab-update-staged`; on the host afterwards
+/// B holds v2 and A is byte-identical. Test rig only: a drop-in adds the hidden
+/// `--booted-root` (the container's root is an overlay, not volume A) and `--efivars`
+/// (a directory: no firmware in a container) to the unit's command line.
+#[test]
+fn systemctl_start_stage_streams_into_the_inactive_volume() {
+    if !enabled() || engine_support::skip() {
+        return;
+    }
+    use engine_support::*;
+    let host = Host::new(256 * MIB, true);
+    host.installed();
+    let active_sum = sha256_of(&host.part(2));
+    let yaml = host.slow_v2_yaml();
+    let dev = host.device();
+    let mut nspawn = vec![format!("--bind={}", dev.display())];
+    for n in 1..=5 {
+        let p = host.part(n);
+        if p.exists() {
+            nspawn.push(format!("--bind={}", p.display()));
+        }
+    }
+    let datastore = std::fs::read(host.dir.path().join("ds/datastore.sqlite")).unwrap();
+    let mut binary = vec![
+        (
+            "/usr/bin/trident",
+            std::fs::read(env!("CARGO_BIN_EXE_trident")).unwrap(),
+            0o755,
+        ),
+        ("/var/lib/trident/datastore.sqlite", datastore, 0o600),
+    ];
+    let efivars: Vec<(String, Vec<u8>)> = std::fs::read_dir(host.dir.path().join("efivars"))
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                format!(
+                    "/var/lib/trident-test/efivars/{}",
+                    e.file_name().to_string_lossy()
+                ),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    for (p, b) in &efivars {
+        binary.push((p.as_str(), b.clone(), 0o644));
+    }
+    let dropin = format!(
+        "[Service]\nExecStart=\nExecStart=/usr/bin/trident internal stage --request /run/trident/requests/stage.yaml --config /etc/trident/config.yaml --booted-root {} --efivars /var/lib/trident-test/efivars\n",
+        host.part(2).display()
+    );
+    let b = boot_with(
+        "stage",
+        &[
+            ("/etc/trident/config.yaml", &yaml),
+            (
+                "/etc/systemd/system/trident-stage.service.d/test-rig.conf",
+                &dropin,
+            ),
+            ("/usr/lib/trident-test/stage-probe.sh", STAGE_PROBE),
+            (
+                "/etc/systemd/system/trident-test-stage.service",
+                "[Unit]\nDescription=Test probe: systemctl start trident-stage.service\nBefore=trident-test-report.service\n\n[Service]\nType=oneshot\nTimeoutStartSec=170\nExecStart=/bin/sh /usr/lib/trident-test/stage-probe.sh\n",
+            ),
+            (
+                "/etc/systemd/system/trident-test-report.service.d/stage.conf",
+                "[Unit]\nWants=trident-test-stage.service\nAfter=trident-test-stage.service\n",
+            ),
+        ],
+        &binary,
+        &nspawn,
+    );
+    let d = format!(
+        "{}--- stage\n{}\n{}\n{}\n{}\n",
+        b.dump(),
+        b.read("stage-systemctl-status.txt"),
+        b.read("stage-result.txt"),
+        b.read("stage-get-status.txt"),
+        b.read("stage-journal.txt"),
+    );
+    assert_eq!(b.exit, 0, "{d}");
+    // The progress line, as an operator sees it.
+    let status = b.read("stage-systemctl-status.txt");
+    assert!(
+        status.contains(&format!(
+            "Status: \"writing / onto {}: ",
+            host.part(3).display()
+        )),
+        "{d}"
+    );
+    assert!(b.read("stage-result.txt").contains("Result=success"), "{d}");
+    assert!(
+        b.read("stage-get-status.txt")
+            .starts_with("state:          ab-update-staged\n"),
+        "{d}"
+    );
+    assert!(
+        b.read("staged-milestone.txt").contains("update staged"),
+        "{d}"
+    );
+    // What the container wrote, read back on the host.
+    assert_eq!(
+        host.read_ext4(3, "etc/os-version").unwrap().trim(),
+        "v2",
+        "{d}"
+    );
+    assert_eq!(sha256_of(&host.part(2)), active_sum, "volume A was written");
 }
