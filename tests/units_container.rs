@@ -809,3 +809,152 @@ fn systemctl_start_stage_streams_into_the_inactive_volume() {
     );
     assert_eq!(sha256_of(&host.part(2)), active_sum, "volume A was written");
 }
+
+/// A real trial boot in the container: the host installs v1, stages and finalizes v2
+/// (the engine, on a loop device), then the container boots with the trial markers
+/// finalize wrote into volume B, the host's datastore and efivarfs directory bound in,
+/// and the real binary behind the generator-wired units. The health check is a script
+/// exiting `check_rc`. Test rig only: drop-ins add the hidden `--booted-root` (volume B)
+/// and `--efivars DIR` to the verbs' command lines.
+fn real_trial_boot(name: &str, check_rc: u32) -> (Boot, engine_support::Host) {
+    use engine_support::*;
+    use trident::engine;
+    let host = Host::new(256 * MIB, true);
+    host.installed();
+    let text = format!(
+        "{}health:\n  checks:\n  - name: probe\n    content: exit {check_rc}\n    runOn: [ab-update]\n",
+        host.hc_text(&images().v2, "")
+    );
+    let hc = host.hc_from(&text);
+    engine::stage(&hc, &host.ctx(Some(2))).unwrap();
+    engine::finalize(&host.ctx(Some(2))).unwrap();
+    // The markers finalize wrote into volume B become the booted root's.
+    let mnt = host.dir.path().join("mnt-b");
+    fs::create_dir_all(&mnt).unwrap();
+    let m = trident::storage::mkfs::Mount::new(&host.part(3), &mnt, "ext4", Some("ro")).unwrap();
+    let mut markers = Vec::new();
+    for e in fs::read_dir(mnt.join("etc/trident/boot")).unwrap() {
+        let e = e.unwrap();
+        markers.push((
+            format!("/etc/trident/boot/{}", e.file_name().to_string_lossy()),
+            fs::read(e.path()).unwrap(),
+            0o644,
+        ));
+    }
+    m.unmount().unwrap();
+    assert!(
+        markers.iter().any(|(p, _, _)| p.ends_with("/trial")),
+        "finalize wrote no trial marker into B: {:?}",
+        markers.iter().map(|m| &m.0).collect::<Vec<_>>()
+    );
+    let mut binary = vec![(
+        "/usr/bin/trident".to_string(),
+        fs::read(env!("CARGO_BIN_EXE_trident")).unwrap(),
+        0o755,
+    )];
+    binary.extend(markers);
+    let binary: Vec<(&str, Vec<u8>, u32)> = binary
+        .iter()
+        .map(|(p, b, m)| (p.as_str(), b.clone(), *m))
+        .collect();
+    let mut nspawn = vec![
+        format!("--bind={}", host.device().display()),
+        format!(
+            "--bind={}:/var/lib/trident",
+            host.dir.path().join("ds").display()
+        ),
+        format!(
+            "--bind={}:/var/lib/trident-test/efivars",
+            host.dir.path().join("efivars").display()
+        ),
+    ];
+    for n in 1..=5 {
+        let p = host.part(n);
+        if p.exists() {
+            nspawn.push(format!("--bind={}", p.display()));
+        }
+    }
+    let rig = format!(
+        "--booted-root {} --efivars /var/lib/trident-test/efivars",
+        host.part(3).display()
+    );
+    let dropin = |verb: &str| {
+        format!("[Service]\nExecStart=\nExecStart=/usr/bin/trident internal {verb} {rig}\n")
+    };
+    let (commit, check, failed) = (
+        dropin("commit"),
+        dropin("health-check %I"),
+        dropin("health-check-failed"),
+    );
+    let b = boot_with(
+        name,
+        &[
+            (
+                "/etc/systemd/system/trident-commit.service.d/test-rig.conf",
+                &commit,
+            ),
+            (
+                "/etc/systemd/system/trident-health-check@.service.d/test-rig.conf",
+                &check,
+            ),
+            (
+                "/etc/systemd/system/trident-rollback.service.d/test-rig.conf",
+                &failed,
+            ),
+        ],
+        &binary,
+        &nspawn,
+    );
+    (b, host)
+}
+
+#[test]
+fn real_trial_boot_with_a_passing_check_commits_volume_b() {
+    if !enabled() || engine_support::skip() {
+        return;
+    }
+    use trident::status::{AbVolume, ServicingState};
+    let (b, host) = real_trial_boot("real-trial-pass", 0);
+    let d = b.dump();
+    assert_eq!(b.exit, 0, "{d}");
+    assert_eq!(
+        b.show("trident-commit.service")
+            .get("Result")
+            .map(String::as_str),
+        Some("success"),
+        "{d}"
+    );
+    // The datastore (bound from the host) says provisioned on B, and B is the default.
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeB)),
+        "{d}"
+    );
+    assert!(
+        host.efivar("LoaderEntryDefault")
+            .is_some_and(|e| e.contains("-b")),
+        "{:?}\n{d}",
+        host.efivar("LoaderEntryDefault")
+    );
+}
+
+#[test]
+fn real_trial_boot_with_a_failing_check_records_the_failure() {
+    if !enabled() || engine_support::skip() {
+        return;
+    }
+    use trident::status::ServicingState;
+    let (b, host) = real_trial_boot("real-trial-fail", 1);
+    let d = b.dump();
+    // trident-rollback.service recorded the failure and rebooted (SuccessAction=reboot).
+    assert_eq!(b.exit, 133, "{d}");
+    let hs = host.store().host_status().unwrap();
+    assert_eq!(
+        hs.servicing_state,
+        ServicingState::AbUpdateHealthCheckFailed,
+        "{d}"
+    );
+    let e = hs.last_error.expect("lastError");
+    assert_eq!(e.code, "health-check-failed", "{d}");
+    assert_eq!(e.category, trident::Category::HealthChecks);
+}
