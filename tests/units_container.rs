@@ -815,14 +815,15 @@ fn systemctl_start_stage_streams_into_the_inactive_volume() {
 /// finalize wrote into volume B, the host's datastore and efivarfs directory bound in,
 /// and the real binary behind the generator-wired units. The health check is a script
 /// exiting `check_rc`. Test rig only: drop-ins add the hidden `--booted-root` (volume B)
-/// and `--efivars DIR` to the verbs' command lines.
-fn real_trial_boot(name: &str, check_rc: u32) -> (Boot, engine_support::Host) {
+/// and `--efivars DIR` to the verbs' command lines. `checks`: the `health.checks`
+/// list items (YAML, indented by two spaces).
+fn real_trial_boot(name: &str, checks: &str) -> (Boot, engine_support::Host) {
     use engine_support::*;
     use trident::engine;
     let host = Host::new(256 * MIB, true);
     host.installed();
     let text = format!(
-        "{}health:\n  checks:\n  - name: probe\n    content: exit {check_rc}\n    runOn: [ab-update]\n",
+        "{}health:\n  checks:\n{checks}",
         host.hc_text(&images().v2, "")
     );
     let hc = host.hc_from(&text);
@@ -914,7 +915,10 @@ fn real_trial_boot_with_a_passing_check_commits_volume_b() {
         return;
     }
     use trident::status::{AbVolume, ServicingState};
-    let (b, host) = real_trial_boot("real-trial-pass", 0);
+    let (b, host) = real_trial_boot(
+        "real-trial-pass",
+        "  - name: probe\n    content: exit 0\n    runOn: [ab-update]\n  - name: journal\n    systemdServices: [systemd-journald.service]\n    timeoutSeconds: 20\n    runOn: [ab-update]\n",
+    );
     let d = b.dump();
     assert_eq!(b.exit, 0, "{d}");
     assert_eq!(
@@ -938,15 +942,11 @@ fn real_trial_boot_with_a_passing_check_commits_volume_b() {
     );
 }
 
-#[test]
-fn real_trial_boot_with_a_failing_check_records_the_failure() {
-    if !enabled() || engine_support::skip() {
-        return;
-    }
+/// A failed real trial boot: the rollback service recorded the check's failure and
+/// rebooted the container.
+fn assert_recorded_failure(b: &Boot, host: &engine_support::Host, reason: &str) {
     use trident::status::ServicingState;
-    let (b, host) = real_trial_boot("real-trial-fail", 1);
     let d = b.dump();
-    // trident-rollback.service recorded the failure and rebooted (SuccessAction=reboot).
     assert_eq!(b.exit, 133, "{d}");
     let hs = host.store().host_status().unwrap();
     assert_eq!(
@@ -957,4 +957,40 @@ fn real_trial_boot_with_a_failing_check_records_the_failure() {
     let e = hs.last_error.expect("lastError");
     assert_eq!(e.code, "health-check-failed", "{d}");
     assert_eq!(e.category, trident::Category::HealthChecks);
+    let log = Command::new("journalctl")
+        .arg("-D")
+        .arg(b.results.join("journal"))
+        .args(["-u", "trident-health-check@*", "-o", "cat", "--no-pager"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&log.stdout);
+    assert!(log.contains(reason), "{log}\n{d}");
+}
+
+#[test]
+fn real_trial_boot_with_a_failing_script_records_the_failure() {
+    if !enabled() || engine_support::skip() {
+        return;
+    }
+    let (b, host) = real_trial_boot(
+        "real-trial-script",
+        "  - name: probe\n    content: echo probe-broken >&2; exit 1\n    runOn: [ab-update]\n",
+    );
+    assert_recorded_failure(&b, &host, "health check 'probe' failed");
+}
+
+#[test]
+fn real_trial_boot_with_a_service_not_running_records_the_failure() {
+    if !enabled() || engine_support::skip() {
+        return;
+    }
+    let (b, host) = real_trial_boot(
+        "real-trial-service",
+        "  - name: needs-web\n    systemdServices: [trident-test-never.service]\n    timeoutSeconds: 3\n    runOn: [ab-update]\n",
+    );
+    assert_recorded_failure(
+        &b,
+        &host,
+        "health check 'needs-web': services not active after 3 s: trident-test-never.service",
+    );
 }
