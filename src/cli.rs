@@ -297,9 +297,17 @@ pub enum InternalCommand {
     },
     /// Clean install from the Host Configuration at LOC (the unit reboots).
     Install {
-        /// Host Configuration path.
+        /// Request files (Host Configurations written by tridentd), first existing wins.
+        #[arg(long)]
+        request: Vec<PathBuf>,
+        /// Host Configuration used when no request file exists.
         #[arg(long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Manual A/B rollback: arm one trial boot of the previous OS (the unit reboots).
+    Rollback {
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -464,12 +472,23 @@ fn run(cli: Cli) -> Result<()> {
                 eprintln!("{outcome:?}");
                 Ok(())
             }
-            InternalCommand::Install { config, engine } => install(
-                &config,
-                &[Operation::Stage, Operation::Finalize],
-                &engine,
-                false,
-            ),
+            InternalCommand::Install {
+                request,
+                config,
+                engine,
+            } => with_request(&request, &config, |path| {
+                install(
+                    path,
+                    &[Operation::Stage, Operation::Finalize],
+                    &engine,
+                    false,
+                )
+            }),
+            InternalCommand::Rollback { engine } => {
+                let plan = crate::engine::rollback_ab(&engine_ctx(&engine, None, false)?, false)?;
+                eprintln!("{plan}");
+                Ok(())
+            }
         },
         Command::Cosi { command } => match command {
             CosiCommand::Inspect {
@@ -704,6 +723,43 @@ fn via_dbus(
     Ok(())
 }
 
+/// The cancel flag of this process's engine runs: set by the first SIGTERM or SIGINT
+/// (`systemctl stop`, D-Bus `Cancel` through systemd, Ctrl-C), so the engine stops at
+/// its next check, marks what it was writing unusable and records the cancellation;
+/// a second signal ends the process at once. SIGTERM/SIGINT are blocked in every thread
+/// and taken by one waiting thread (`sigwait`), so no code runs in a signal handler.
+fn cancel_on_termination() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    use nix::sys::signal::{SigSet, Signal};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.add(Signal::SIGINT);
+        if let Err(e) = set.thread_block() {
+            tracing::warn!("cannot block SIGTERM/SIGINT; a stop will not cancel cleanly: {e}");
+            return flag;
+        }
+        let f = flag.clone();
+        std::thread::spawn(move || loop {
+            match set.wait() {
+                Ok(sig) if !f.swap(true, Ordering::SeqCst) => {
+                    tracing::warn!("{sig}: cancelling; the engine stops at its next step");
+                }
+                Ok(sig) => {
+                    eprintln!("{sig} again: exiting at once");
+                    std::process::exit(128 + sig as i32);
+                }
+                Err(_) => return,
+            }
+        });
+        flag
+    })
+    .clone()
+}
+
 /// The engine context for a servicing verb. `reboot`: the verb may reboot (public
 /// verbs, unless `--no-reboot`; never the units' internal verbs).
 fn engine_ctx(
@@ -718,6 +774,7 @@ fn engine_ctx(
         Path::new(DEFAULT_CONF_FILE),
     )?;
     let mut ctx = crate::engine::EngineContext::new(path);
+    ctx.cancel = cancel_on_termination();
     ctx.efivars_root = args.efivars.clone();
     ctx.allow_reboot = reboot && !args.no_reboot;
     ctx.host_root = args.host_root.clone();
@@ -800,9 +857,20 @@ fn rollback(runtime: bool, check: bool, args: &EngineArgs) -> Result<()> {
 }
 
 fn internal_stage(requests: &[PathBuf], config: &Path, args: &EngineArgs) -> Result<()> {
+    with_request(requests, config, |path| {
+        update(path, &[Operation::Stage], args)
+    })
+}
+
+/// Run `f` on the first existing request file (then remove it), else on `config`.
+fn with_request(
+    requests: &[PathBuf],
+    config: &Path,
+    f: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let request = requests.iter().find(|p| p.exists());
     let path = request.map(PathBuf::as_path).unwrap_or(config);
-    let result = update(path, &[Operation::Stage], args);
+    let result = f(path);
     if let Some(r) = request {
         // The outcome is recorded in the datastore either way.
         if let Err(e) = std::fs::remove_file(r) {

@@ -500,22 +500,8 @@ async fn tridentd_stages_a_real_cosi_with_the_engine() {
     let active_sum = sha256_of(&host.part(2));
     let bus = start_bus();
 
-    // v2 over HTTP at a tenth of its size per second: the stream takes ~10 s.
-    let v2 = std::fs::read(&images().v2).unwrap();
-    let rate = (v2.len() / 10).max(64 * 1024);
-    let data = Arc::new(v2);
-    let (port, _) = support::tiny_server(move |req, _| {
-        let mut r = support::range_reply(req, &data);
-        r.rate = Some(rate);
-        r
-    });
     let file_yaml = host.hc_text(&images().v2, "");
-    let slow_yaml = file_yaml.replace(
-        &format!("file://{}", images().v2.display()),
-        &format!("http://127.0.0.1:{port}/v2.cosi"),
-    );
-    assert_ne!(slow_yaml, file_yaml);
-
+    let slow_yaml = host.slow_v2_yaml();
     let dir = host.dir.path();
     let (efivars, hostroot, work, booted) = (
         dir.join("efivars"),

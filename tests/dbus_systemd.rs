@@ -349,10 +349,16 @@ async fn systemd_servicer_starts_follows_and_stops_units() {
     assert_eq!(op, "finalize");
     assert!(!ok && err.contains("[cancelled]"), "{err}");
 
-    // Rollback has no unit: refused synchronously, nothing started.
-    let (name, msg) = method_error(&t.rollback(HashMap::new()).await.unwrap_err());
+    // A runtime rollback has no unit: refused synchronously, nothing started.
+    let mut runtime = HashMap::new();
+    runtime.insert("runtime", zbus::zvariant::Value::from(true));
+    let (name, msg) = method_error(&t.rollback(runtime).await.unwrap_err());
     assert_eq!(name, "io.trident.Trident1.Error.Failed");
-    assert!(msg.contains("[no-unit-for-operation]"), "{msg}");
+    assert!(msg.contains("[runtime-rollback-not-via-systemd]"), "{msg}");
+    // An A/B rollback runs as trident-manual-rollback.service.
+    t.rollback(HashMap::new()).await.unwrap();
+    let (op, ok, err) = next_completed(&mut completed).await;
+    assert_eq!((op.as_str(), ok, err.as_str()), ("rollback", true, ""));
 
     let calls: Vec<String> = log.all().into_iter().filter(|l| l != "Subscribe").collect();
     assert_eq!(
@@ -362,6 +368,7 @@ async fn systemd_servicer_starts_follows_and_stops_units() {
             "StartUnit trident-commit.service replace",
             "StartUnit trident-finalize.service replace",
             "StopUnit trident-finalize.service replace",
+            "StartUnit trident-manual-rollback.service replace",
         ]
     );
 }

@@ -3,6 +3,7 @@
 //! commit on B, manual rollback to A; bad input; SIGKILL at random points of stage.
 
 mod engine_support;
+mod support;
 
 use engine_support::*;
 use std::path::Path;
@@ -509,4 +510,97 @@ fn stage_killed_at_random_points() {
     );
     assert_eq!(host.state().0, ServicingState::AbUpdateStaged);
     assert_eq!(host.read_ext4(3, "etc/os-version").unwrap().trim(), "v2");
+}
+
+/// `systemctl stop` / D-Bus `Cancel` through systemd deliver SIGTERM to `trident stage`:
+/// the engine stops streaming, records the cancellation (`provisioned`, lastError
+/// `image-stream-cancelled`), volume A is untouched, and staging again succeeds. Progress
+/// reaches NOTIFY_SOCKET as STATUS= (what `systemctl status` shows).
+#[test]
+fn sigterm_mid_stage_cancels_cleanly() {
+    if skip() {
+        return;
+    }
+    let host = Host::new(256 * MIB, true);
+    host.installed();
+    let active_sum = sha256_of(&host.part(2));
+    let dir = host.dir.path();
+    let yaml = host.slow_v2_yaml();
+    let hc_file = dir.join("slow.yaml");
+    std::fs::write(&hc_file, yaml).unwrap();
+    let notify_path = dir.join("notify");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let engine_args = |cmd: &mut Command| {
+        cmd.arg("--datastore")
+            .arg(dir.join("ds/datastore.sqlite"))
+            .arg("--efivars")
+            .arg(dir.join("efivars"))
+            .arg("--host-root")
+            .arg(dir.join("hostroot"))
+            .arg("--work-dir")
+            .arg(dir.join("work"))
+            .arg("--booted-root")
+            .arg(host.part(2))
+            .env_remove("RUST_LOG");
+    };
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trident"));
+    cmd.arg("stage")
+        .arg(&hc_file)
+        .env("NOTIFY_SOCKET", &notify_path);
+    engine_args(&mut cmd);
+    let child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the image is streaming (its first STATUS=), then SIGTERM by pid.
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = notify.recv(&mut buf).expect("a STATUS= while streaming");
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg.starts_with("STATUS=writing / onto ") {
+            break;
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "servicing error expected:\n{stderr}"
+    );
+    assert!(stderr.contains("[image-stream-cancelled]"), "{stderr}");
+    assert_eq!(
+        host.state(),
+        (ServicingState::Provisioned, Some(AbVolume::VolumeA))
+    );
+    let hs = host.store().host_status().unwrap();
+    assert_eq!(
+        hs.last_error.map(|e| e.code).as_deref(),
+        Some("image-stream-cancelled")
+    );
+    assert_eq!(sha256_of(&host.part(2)), active_sum, "volume A was written");
+
+    // Staging again (from the file) completes.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trident"));
+    let file_hc = dir.join("v2.yaml");
+    std::fs::write(&file_hc, host.hc_text(&images().v2, "")).unwrap();
+    cmd.arg("stage").arg(&file_hc);
+    engine_args(&mut cmd);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(host.state().0, ServicingState::AbUpdateStaged);
+    assert_eq!(sha256_of(&host.part(2)), active_sum, "volume A was written");
 }

@@ -1,8 +1,9 @@
 //! [`SystemdServicer`]: runs each operation as its systemd unit, so the work gets its
 //! own cgroup and journal stream and survives a restart of `tridentd`.
 //!
-//! `Stage` writes the request file `/run/trident/requests/stage.yaml` (the Host
-//! Configuration as sent; the contract of `trident-stage.service` in `docs/units.md`),
+//! `Stage` and `Install` write the request file `/run/trident/requests/{stage,install}.yaml`
+//! (the Host Configuration as sent; the contract of `trident-stage.service` and
+//! `trident-install.service` in `docs/units.md`),
 //! then every operation starts its unit with `StartUnit(unit, "replace")` and follows
 //! it: `ActiveState` changes (PropertiesChanged) become `Progress` signals, the start
 //! job's `JobRemoved` result (plus the service's `Result` and exit status) becomes
@@ -22,7 +23,7 @@ use super::servicer::{
 };
 use crate::error::{Category, TridentError};
 
-/// Where `Stage` requests are written (volatile; read by `trident-stage.service`).
+/// Where `Stage`/`Install` requests are written (volatile; read by their units).
 pub const REQUEST_DIR: &str = "/run/trident/requests";
 
 #[zbus::proxy(
@@ -67,16 +68,14 @@ trait Service {
     fn exec_main_status(&self) -> zbus::Result<i32>;
 }
 
-/// The unit that runs `op`, if there is one yet.
-pub fn unit_for(op: Operation) -> Result<&'static str, TridentError> {
+/// The unit that runs `op`.
+pub fn unit_for(op: Operation) -> &'static str {
     match op {
-        Operation::Stage => Ok("trident-stage.service"),
-        Operation::Finalize => Ok("trident-finalize.service"),
-        Operation::Commit => Ok("trident-commit.service"),
-        Operation::Install | Operation::Rollback => Err(TridentError::unsupported(
-            "no-unit-for-operation",
-            format!("{op} has no systemd unit yet; run `trident {op}` on the host"),
-        )),
+        Operation::Stage => "trident-stage.service",
+        Operation::Finalize => "trident-finalize.service",
+        Operation::Commit => "trident-commit.service",
+        Operation::Install => "trident-install.service",
+        Operation::Rollback => "trident-manual-rollback.service",
     }
 }
 
@@ -131,12 +130,21 @@ impl SystemdServicer {
         cancel: CancelFlag,
     ) -> Result<RunningOp, TridentError> {
         let op = request.operation;
-        let unit = unit_for(op)?;
-        if op == Operation::Stage {
+        let unit = unit_for(op);
+        if op == Operation::Rollback && request.options.runtime {
+            return Err(TridentError::unsupported(
+                "runtime-rollback-not-via-systemd",
+                "a runtime rollback has no unit: run `trident rollback --runtime` on the host",
+            ));
+        }
+        if op.takes_host_configuration() {
             let yaml = request.host_configuration_yaml.clone().ok_or_else(|| {
-                TridentError::internal("missing-request", "stage without a Host Configuration")
+                TridentError::internal(
+                    "missing-request",
+                    format!("{op} without a Host Configuration"),
+                )
             })?;
-            let path = self.request_dir.join("stage.yaml");
+            let path = self.request_dir.join(format!("{op}.yaml"));
             tokio::task::spawn_blocking(move || write_request(&path, &yaml))
                 .await
                 .map_err(|e| TridentError::internal("task-failed", e.to_string()))??;
@@ -331,22 +339,19 @@ mod tests {
 
     #[test]
     fn units_per_operation() {
-        assert_eq!(unit_for(Operation::Stage).unwrap(), "trident-stage.service");
+        assert_eq!(unit_for(Operation::Stage), "trident-stage.service");
+        assert_eq!(unit_for(Operation::Finalize), "trident-finalize.service");
+        assert_eq!(unit_for(Operation::Commit), "trident-commit.service");
+        assert_eq!(unit_for(Operation::Install), "trident-install.service");
         assert_eq!(
-            unit_for(Operation::Finalize).unwrap(),
-            "trident-finalize.service"
+            unit_for(Operation::Rollback),
+            "trident-manual-rollback.service"
         );
-        assert_eq!(
-            unit_for(Operation::Commit).unwrap(),
-            "trident-commit.service"
-        );
-        let e = unit_for(Operation::Rollback).unwrap_err();
-        assert_eq!(e.code, "no-unit-for-operation");
         // Every unit named here ships in units/.
-        for op in [Operation::Stage, Operation::Finalize, Operation::Commit] {
+        for op in Operation::ALL {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("units")
-                .join(unit_for(op).unwrap());
+                .join(unit_for(op));
             assert!(p.exists(), "{} missing", p.display());
         }
     }

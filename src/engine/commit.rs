@@ -141,7 +141,11 @@ pub fn record_rollback(ctx: &EngineContext) -> Result<CommitOutcome> {
 pub fn health_check_failed(ctx: &EngineContext, reason: &str) -> Result<()> {
     let mut store = Datastore::open_existing(&ctx.datastore_path)?;
     let hs = store.host_status()?;
-    let err = TridentError::servicing("health-check-failed", reason.to_string());
+    let err = TridentError::new(
+        crate::error::Category::HealthChecks,
+        "health-check-failed",
+        reason.to_string(),
+    );
     match hs.servicing_state {
         ServicingState::AbUpdateFinalized | ServicingState::ManualRollbackAbFinalized => {
             store.transition(Transition::HealthCheckFailed { error: err })?;

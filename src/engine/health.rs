@@ -2,7 +2,7 @@
 
 use crate::cmd::Cmd;
 use crate::config::{Check, HostConfiguration};
-use crate::error::TridentError;
+use crate::error::{Category, TridentError};
 use crate::logging::message_id;
 use anyhow::Result;
 use std::time::{Duration, Instant};
@@ -39,7 +39,14 @@ pub fn run_check(hc: &HostConfiguration, name: &str) -> Result<()> {
             for (k, v) in &s.environment_variables {
                 cmd = cmd.env(k, v);
             }
-            cmd.run()
+            cmd.run().map_err(|e| {
+                TridentError::new(
+                    Category::HealthChecks,
+                    "health-check-failed",
+                    format!("health check '{name}' failed: {e:#}"),
+                )
+                .into()
+            })
         }
         Check::SystemdCheck(c) => {
             let deadline = Instant::now() + Duration::from_secs(c.timeout_seconds);
@@ -59,10 +66,11 @@ pub fn run_check(hc: &HostConfiguration, name: &str) -> Result<()> {
                     break Ok(());
                 }
                 if Instant::now() >= deadline {
-                    break Err(TridentError::servicing(
+                    break Err(TridentError::new(
+                        Category::HealthChecks,
                         "health-check-timeout",
                         format!(
-                            "services not active after {} s: {}",
+                            "health check '{name}': services not active after {} s: {}",
                             c.timeout_seconds,
                             inactive
                                 .iter()
@@ -85,4 +93,26 @@ pub fn run_check(hc: &HostConfiguration, name: &str) -> Result<()> {
         );
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::find_trident_error;
+
+    fn hc(checks: &str) -> HostConfiguration {
+        crate::config::parse(&format!("health:\n  checks:\n{checks}")).unwrap()
+    }
+
+    #[test]
+    fn a_failing_script_is_a_health_check_error_naming_the_check() {
+        let h = hc("  - name: ok\n    content: exit 0\n    runOn: [ab-update]\n  - name: bad\n    content: echo broken >&2; exit 3\n    runOn: [ab-update]\n");
+        run_check(&h, "ok").unwrap();
+        let e = find_trident_error(&run_check(&h, "bad").unwrap_err()).unwrap();
+        assert_eq!(e.category, Category::HealthChecks);
+        assert_eq!(e.code, "health-check-failed");
+        assert!(e.message.contains("'bad'"), "{}", e.message);
+        let e = find_trident_error(&run_check(&h, "nope").unwrap_err()).unwrap();
+        assert_eq!(e.code, "unknown-health-check");
+    }
 }

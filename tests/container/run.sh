@@ -7,6 +7,8 @@
 #   PAYLOAD  directory laid over ROOT (make install DESTDIR=..., test units, markers)
 #   RESULTS  directory bind-mounted at /results (rw); the persistent journal is kept
 #            in RESULTS/journal, the console in RESULTS/console.log
+# Env: TRIDENT_NSPAWN_EXTRA  more systemd-nspawn options, split on spaces (e.g. the
+#      --bind=/dev/loopN... of a test that lets the container write a loop device).
 # Exit status: the container's (0 = powered off, 133 = rebooted), 124 on timeout.
 # Needs root, systemd-nspawn (systemd-container), util-linux (unshare), overlayfs.
 set -euo pipefail
@@ -32,6 +34,7 @@ unshare -m --propagation private bash -euc '
     exec timeout --kill-after=10 "$timeout" systemd-nspawn -q -b -D "$work/merged" \
         --register=no --keep-unit --volatile=no --link-journal=no \
         --bind="$results":/results --bind="$results/journal":/var/log/journal \
+        ${TRIDENT_NSPAWN_EXTRA:-} \
         --console=pipe --machine=trident-ct-$$ </dev/null
 ' run "$root" "$payload" "$results" "$timeout" "$work" > "$results/console.log" 2>&1
 rc=$?

@@ -1,7 +1,8 @@
 //! The engine test fixtures: COSI images v1/v2 (built once per test binary) and a
 //! simulated host (a sparse disk file on a loop device, a datastore, an efivarfs
 //! directory, a running-root directory and a work directory). Used by `engine_flow`
-//! and by the D-Bus tests that drive the engine through `tridentd`.
+//! and by the D-Bus tests that drive the engine through `tridentd`. Needs the test
+//! crate to declare `mod support;` too.
 #![allow(dead_code)]
 
 use sha2::{Digest, Sha256};
@@ -186,6 +187,25 @@ os:
             rs = self.root_size,
             cosi = cosi.display()
         )
+    }
+    /// The v2 Host Configuration with its image served over HTTP on loopback at about a
+    /// tenth of its size per second (a stage streams for ~10 s: time to cancel it).
+    /// The server lives until the test process ends.
+    pub fn slow_v2_yaml(&self) -> String {
+        let v2 = std::fs::read(&images().v2).unwrap();
+        let rate = (v2.len() / 10).max(64 * 1024);
+        let data = std::sync::Arc::new(v2);
+        let (port, _) = crate::support::tiny_server(move |req, _| {
+            let mut r = crate::support::range_reply(req, &data);
+            r.rate = Some(rate);
+            r
+        });
+        let yaml = self.hc_text(&images().v2, "").replace(
+            &format!("file://{}", images().v2.display()),
+            &format!("http://127.0.0.1:{port}/v2.cosi"),
+        );
+        assert!(yaml.contains("http://127.0.0.1"));
+        yaml
     }
     pub fn hc(&self, cosi: &Path) -> HostConfiguration {
         self.hc_from(&self.hc_text(cosi, ""))
