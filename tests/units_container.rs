@@ -1068,6 +1068,8 @@ step() {
     n=$1; shift
     "$@" > /results/rt-$n.out 2>&1; echo $? > /results/rt-$n.rc
     ls /usr/share/trident-test/ > /results/rt-$n.usr 2>&1
+    # What PID 1 (the host outside this unit's private namespace) sees.
+    nsenter --mount=/proc/1/ns/mnt ls /usr/share/trident-test/ > /results/rt-$n.host 2>&1
     ls -A /var/lib/extensions/ > /results/rt-$n.dir 2>&1
     systemd-sysext status --json=short > /results/rt-$n.status 2>&1
 }
@@ -1088,6 +1090,8 @@ After=local-fs.target
 
 [Service]
 Type=oneshot
+# Sandboxed like trident-stage.service: its own mount namespace.
+PrivateTmp=yes
 ExecStart=/bin/sh /usr/lib/trident-test/runtime-probe.sh
 ";
 
@@ -1153,7 +1157,7 @@ fn runtime_update_really_merges_and_reverts_a_sysext() {
     );
     let mut d = b.dump();
     for n in 0..6 {
-        for ext in ["rc", "out", "usr", "dir", "status"] {
+        for ext in ["rc", "out", "usr", "host", "dir", "status"] {
             d += &format!("--- rt-{n}.{ext}\n{}\n", b.read(&format!("rt-{n}.{ext}")));
         }
     }
@@ -1174,6 +1178,15 @@ fn runtime_update_really_merges_and_reverts_a_sysext() {
     // replaced, and rolled back.
     assert_eq!(b.read("rt-1.rc").trim(), "0", "{d}");
     assert_eq!(b.read("rt-1.usr").trim(), "rtone", "{d}");
+    // The probe runs with PrivateTmp= (its own mount namespace), like the stage unit:
+    // the merge must reach PID 1's namespace, not only the unit's.
+    for (n, want) in [(1, "rtone"), (2, "rtone"), (3, "rttwo"), (5, "rtone")] {
+        assert_eq!(
+            b.read(&format!("rt-{n}.host")).trim(),
+            want,
+            "step {n}\n{d}"
+        );
+    }
     assert!(b.read("rt-1.status").contains("rtone"), "{d}");
     assert!(b.read("rt-1.out").contains("needs no reboot"), "{d}");
     assert_eq!(b.read("rt-2.usr").trim(), "rtone", "{d}");
