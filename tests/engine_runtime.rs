@@ -428,7 +428,7 @@ fn squashfs_sysext(dir: &Path, name: &str) -> Vec<u8> {
     trident::cmd::Cmd::new("mksquashfs")
         .arg(&tree)
         .arg(&out)
-        .args(["-noappend", "-quiet", "-all-root"])
+        .args(["-noappend", "-quiet", "-no-progress", "-all-root"])
         .run()
         .unwrap();
     std::fs::read(&out).unwrap()

@@ -1033,7 +1033,7 @@ fn squashfs_sysext(dir: &std::path::Path, name: &str) -> Vec<u8> {
     let st = Command::new("mksquashfs")
         .arg(&tree)
         .arg(&out)
-        .args(["-noappend", "-quiet", "-all-root"])
+        .args(["-noappend", "-quiet", "-no-progress", "-all-root"])
         .status()
         .expect("mksquashfs (package squashfs-tools)");
     assert!(st.success(), "mksquashfs failed");
