@@ -4,7 +4,7 @@ set -euo pipefail
 PKGS=(
   fdisk gdisk util-linux e2fsprogs xfsprogs dosfstools mtools zstd sqlite3 openssl time
   nginx-light docker-registry systemd-boot-efi systemd-boot efibootmgr python3-jsonschema
-  debootstrap systemd-container
+  debootstrap systemd-container squashfs-tools
 )
 missing=()
 for p in "${PKGS[@]}"; do

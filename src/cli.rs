@@ -306,8 +306,11 @@ pub enum InternalCommand {
         #[command(flatten)]
         engine: EngineArgs,
     },
-    /// Manual A/B rollback: arm one trial boot of the previous OS (the unit reboots).
+    /// Manual A/B rollback: arm one trial boot of the previous OS (the unit reboots);
+    /// with `--runtime`, revert the last runtime update (no reboot).
     Rollback {
+        #[arg(long)]
+        runtime: bool,
         #[command(flatten)]
         engine: EngineArgs,
     },
@@ -403,6 +406,14 @@ fn run(cli: Cli) -> Result<()> {
                 via_dbus(&bus, &engine, "stage", Some(&config), false)?;
             }
             if allowed_operations.contains(&Operation::Finalize) {
+                // Nothing to finalize after a runtime update or "no update required".
+                let state = crate::dbus::client::proxy_at(bus.bus_address.as_deref())
+                    .and_then(|p| p.servicing_state())
+                    .map_err(crate::dbus::client::call_error)?;
+                if state != "ab-update-staged" {
+                    eprintln!("nothing to finalize (host is {state})");
+                    return Ok(());
+                }
                 via_dbus(&bus, &engine, "finalize", None, false)?;
             }
             Ok(())
@@ -484,10 +495,11 @@ fn run(cli: Cli) -> Result<()> {
                     false,
                 )
             }),
-            InternalCommand::Rollback { engine } => {
-                let plan = crate::engine::rollback_ab(&engine_ctx(&engine, None, false)?, false)?;
-                eprintln!("{plan}");
-                Ok(())
+            InternalCommand::Rollback { runtime, engine } => {
+                // The unit reboots after an A/B rollback; the verb never does.
+                let mut engine = engine;
+                engine.no_reboot = true;
+                rollback(runtime, false, &engine)
             }
         },
         Command::Cosi { command } => match command {

@@ -349,13 +349,13 @@ async fn systemd_servicer_starts_follows_and_stops_units() {
     assert_eq!(op, "finalize");
     assert!(!ok && err.contains("[cancelled]"), "{err}");
 
-    // A runtime rollback has no unit: refused synchronously, nothing started.
+    // A runtime rollback runs as trident-runtime-rollback.service, an A/B one as
+    // trident-manual-rollback.service.
     let mut runtime = HashMap::new();
     runtime.insert("runtime", zbus::zvariant::Value::from(true));
-    let (name, msg) = method_error(&t.rollback(runtime).await.unwrap_err());
-    assert_eq!(name, "io.trident.Trident1.Error.Failed");
-    assert!(msg.contains("[runtime-rollback-not-via-systemd]"), "{msg}");
-    // An A/B rollback runs as trident-manual-rollback.service.
+    t.rollback(runtime).await.unwrap();
+    let (op, ok, err) = next_completed(&mut completed).await;
+    assert_eq!((op.as_str(), ok, err.as_str()), ("rollback", true, ""));
     t.rollback(HashMap::new()).await.unwrap();
     let (op, ok, err) = next_completed(&mut completed).await;
     assert_eq!((op.as_str(), ok, err.as_str()), ("rollback", true, ""));
@@ -368,6 +368,7 @@ async fn systemd_servicer_starts_follows_and_stops_units() {
             "StartUnit trident-commit.service replace",
             "StartUnit trident-finalize.service replace",
             "StopUnit trident-finalize.service replace",
+            "StartUnit trident-runtime-rollback.service replace",
             "StartUnit trident-manual-rollback.service replace",
         ]
     );

@@ -68,7 +68,16 @@ trait Service {
     fn exec_main_status(&self) -> zbus::Result<i32>;
 }
 
-/// The unit that runs `op`.
+/// The unit that runs `request`'s operation.
+pub fn unit_for_request(request: &Request) -> &'static str {
+    if request.operation == Operation::Rollback && request.options.runtime {
+        "trident-runtime-rollback.service"
+    } else {
+        unit_for(request.operation)
+    }
+}
+
+/// The unit that runs `op` (a runtime rollback: [`unit_for_request`]).
 pub fn unit_for(op: Operation) -> &'static str {
     match op {
         Operation::Stage => "trident-stage.service",
@@ -130,13 +139,7 @@ impl SystemdServicer {
         cancel: CancelFlag,
     ) -> Result<RunningOp, TridentError> {
         let op = request.operation;
-        let unit = unit_for(op);
-        if op == Operation::Rollback && request.options.runtime {
-            return Err(TridentError::unsupported(
-                "runtime-rollback-not-via-systemd",
-                "a runtime rollback has no unit: run `trident rollback --runtime` on the host",
-            ));
-        }
+        let unit = unit_for_request(&request);
         if op.takes_host_configuration() {
             let yaml = request.host_configuration_yaml.clone().ok_or_else(|| {
                 TridentError::internal(
@@ -347,11 +350,31 @@ mod tests {
             unit_for(Operation::Rollback),
             "trident-manual-rollback.service"
         );
+        let mut runtime = Request {
+            operation: Operation::Rollback,
+            host_configuration: None,
+            host_configuration_yaml: None,
+            options: Default::default(),
+            caller: None,
+        };
+        assert_eq!(
+            unit_for_request(&runtime),
+            "trident-manual-rollback.service"
+        );
+        runtime.options.runtime = true;
+        assert_eq!(
+            unit_for_request(&runtime),
+            "trident-runtime-rollback.service"
+        );
         // Every unit named here ships in units/.
-        for op in Operation::ALL {
+        for unit in Operation::ALL
+            .map(unit_for)
+            .into_iter()
+            .chain([unit_for_request(&runtime)])
+        {
             let p = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("units")
-                .join(unit_for(op));
+                .join(unit);
             assert!(p.exists(), "{} missing", p.display());
         }
     }
