@@ -24,7 +24,14 @@ pub fn init(verbose: bool) {
         if let Ok(journald) = tracing_journald::layer() {
             let _ = tracing_subscriber::registry()
                 .with(filter)
-                .with(journald.with_syslog_identifier("trident".into()))
+                // No field prefix: tracing-journald prefixes every field with "F_" by
+                // default, which would turn the milestones' MESSAGE_ID into F_MESSAGE_ID
+                // and break `journalctl MESSAGE_ID=...` (docs/units.md).
+                .with(
+                    journald
+                        .with_syslog_identifier("trident".into())
+                        .with_field_prefix(None),
+                )
                 .try_init();
             return;
         }
