@@ -30,11 +30,12 @@ say_lines() { # KEY CMD...
 efivar() { # a systemd-boot string variable, "-" when unset
     f=/sys/firmware/efi/efivars/$1-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f
     # efivarfs files cannot seek: read them whole.
+    # shellcheck disable=SC2002
     if [ -r "$f" ]; then cat "$f" | tail -c +5 | tr -d '\000'; else echo "-"; fi
 }
-unit() { # UNIT: state, result, exit status, and whether it ran at all this boot
+unit() { # UNIT: whether it was started at all this boot, state, result, exit status
     ran=no
-    [ "$(systemctl show -P ExecMainStartTimestampMonotonic "$1")" = 0 ] || ran=yes
+    [ "$(systemctl show -P InactiveExitTimestampMonotonic "$1")" = 0 ] || ran=yes
     say "unit $1 ran=$ran active=$(systemctl show -P ActiveState "$1") result=$(systemctl show -P Result "$1") status=$(systemctl show -P ExecMainStatus "$1")"
 }
 fail() {
@@ -56,7 +57,8 @@ say "entry-selected $(efivar LoaderEntrySelected)"
 say "entry-default $(efivar LoaderEntryDefault)"
 say "entry-oneshot $(efivar LoaderEntryOneShot)"
 say "markers trial=$([ -e /etc/trident/boot/trial ] && echo yes || echo no) pending=$([ -e /etc/trident/boot/pending ] && echo yes || echo no)"
-say "esp $(findmnt -no SOURCE /boot/efi) $(ls /boot/efi/loader/entries | tr '\n' ' ')"
+entries() { find /boot/efi/loader/entries -name '*.conf' -printf '%f ' | tr -s ' '; }
+say "esp $(findmnt -no SOURCE /boot/efi) $(entries)"
 say "var-lib-trident $(findmnt -no SOURCE /var/lib/trident)"
 for u in trident-commit.service trident-record-rollback.service trident-rollback.service \
     trident-health.target; do
@@ -66,7 +68,11 @@ done
 say "journal committed=$(journalctl -b -o cat MESSAGE_ID=4f6e0c1a8b2d4c3e9a7f1b2c3d4e5f62 | wc -l) rolled-back=$(journalctl -b -o cat MESSAGE_ID=4f6e0c1a8b2d4c3e9a7f1b2c3d4e5f63 | wc -l)"
 say_lines status trident get status
 say_lines last-error trident get last-error
-say_lines history trident get history --limit 4 --format json
+# The newest history rows, one "OPERATION BEFORE->AFTER" each (top-level keys of the
+# JSON array's objects are indented by four spaces).
+say_lines history sh -c 'trident get history --limit 4 --format json \
+    | sed -n "s/^    \"\(operation\|stateBefore\|stateAfter\)\": \"\(.*\)\",*\$/\2/p" \
+    | paste -d" " - - - | sed "s/ /->/2"'
 say_lines image-url sh -c 'trident get configuration | sed -n "/^image:/,/^[a-z]/s/^ *url: //p"'
 say "report-done"
 
@@ -87,11 +93,16 @@ case $step in
         say "stage-seconds $(($(date +%s) - start))"
         unit trident-stage.service
         say "staged-stamp $([ -e /var/lib/trident/staged ] && echo yes || echo no)"
-        say "entries $(ls /boot/efi/loader/entries | tr '\n' ' ')"
+        say "entries $(entries)"
         say_lines staged-status sh -c 'trident get status | grep -E "^(servicingState|activeVolume|targetVolume):"'
         say "action finalize"
-        say_lines finalize busctl call io.trident.Trident1 /io/trident/Trident1 \
-            io.trident.Trident1 Finalize 'a{sv}' 0
+        if out=$(busctl call io.trident.Trident1 /io/trident/Trident1 \
+            io.trident.Trident1 Finalize 'a{sv}' 0 2>&1); then
+            say "finalize-call ok"
+        else
+            say "finalize-call failed: $out"
+            fail "Finalize over D-Bus"
+        fi
         # trident-finalize.service reboots when it succeeds; report if it fails instead.
         i=0
         while [ $i -lt 300 ]; do
