@@ -21,7 +21,8 @@
 #      that stages gets the timeout plus TRIDENT_E2E_STAGE_TIMEOUT, default 300 s);
 #      PROFILE (release|debug, default release: the guest runs under TCG),
 #      NO_BUILD=1 to skip `cargo build`; AB_SCENARIOS (default "install update rollback
-#      failed"): a prefix of that list to stop early.
+#      failed"): a prefix of that list to stop early; AB_RESUME_AT_BOOT=N (development)
+#      continues a kept TRIDENT_E2E_WORK at boot N.
 set -euo pipefail
 
 HERE=$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")
@@ -37,6 +38,16 @@ T0=$SECONDS
 say() { echo "ab-update: [$((SECONDS - T0)) s] $*" >&2; }
 fail() { say "FAIL: $*"; say "logs kept in $WORK"; exit 1; }
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
+case $SCENARIOS in
+    install | "install update" | "install update rollback" | "install update rollback failed") ;;
+    *) fail "AB_SCENARIOS must be a prefix of 'install update rollback failed', not '$SCENARIOS'" ;;
+esac
+# Development: resume at boot N of a kept work directory (TRIDENT_E2E_WORK) whose disk
+# is in the state boot N-1 left; nothing is rebuilt or reinstalled.
+FIRST_BOOT=${AB_RESUME_AT_BOOT:-1}
+if [ "$FIRST_BOOT" != 1 ] && { [ -z "${TRIDENT_E2E_WORK:-}" ] || [ ! -f "$WORK/updates.img" ]; }; then
+    fail "AB_RESUME_AT_BOOT needs TRIDENT_E2E_WORK with the disks of an earlier run"
+fi
 
 [ "$(id -u)" = 0 ] || { echo "ab-update: needs root (loop devices, the guest's files)" >&2; exit 1; }
 for tool in losetup sfdisk mke2fs debugfs strip; do
@@ -93,20 +104,22 @@ ln -sf /dev/null "$stage/etc/systemd/system/trident-finalize.timer"
 # --- images v1, v2, v3 (v3's health check fails) -------------------------------------
 images=$WORK/images
 mkdir -p "$images"
-rm -rf "$WORK/root"
-"$HERE/build-guest.sh" --extract "$WORK/root" > /dev/null
-layer_staging "$stage" "$WORK/root"
-declare -A SHA
-for v in v1 v2 v3-broken; do
-    say "image $v: make-disk.sh + trident cosi build"
-    "$HERE/make-disk.sh" --volume "a=$v" --esp-mb 64 --root-mb 320 "$WORK/root" "$WORK/$v.img" > /dev/null
-    "$TRIDENT" cosi build "$WORK/$v.img" -o "$images/$v.cosi" --force \
-        --mount 1=/boot/efi --mount root-a=/ --format json > "$WORK/$v.cosi.json"
-    rm -f "$WORK/$v.img"
-    SHA[$v]=$(sed -n 's/.*"metadataSha384": *"\([0-9a-f]*\)".*/\1/p' "$WORK/$v.cosi.json")
-    [ -n "${SHA[$v]}" ] || fail "no metadataSha384 in the cosi build summary: $(cat "$WORK/$v.cosi.json")"
-done
-rm -rf "$WORK/root"
+if [ "$FIRST_BOOT" = 1 ]; then
+    rm -rf "$WORK/root"
+    "$HERE/build-guest.sh" --extract "$WORK/root" > /dev/null
+    layer_staging "$stage" "$WORK/root"
+    declare -A SHA
+    for v in v1 v2 v3-broken; do
+        say "image $v: make-disk.sh + trident cosi build"
+        "$HERE/make-disk.sh" --volume "a=$v" --esp-mb 64 --root-mb 320 "$WORK/root" "$WORK/$v.img" > /dev/null
+        "$TRIDENT" cosi build "$WORK/$v.img" -o "$images/$v.cosi" --force \
+            --mount 1=/boot/efi --mount root-a=/ --format json > "$WORK/$v.cosi.json"
+        rm -f "$WORK/$v.img"
+        SHA[$v]=$(sed -n 's/.*"metadataSha384": *"\([0-9a-f]*\)".*/\1/p' "$WORK/$v.cosi.json")
+        [ -n "${SHA[$v]}" ] || fail "no metadataSha384 in the cosi build summary: $(cat "$WORK/$v.cosi.json")"
+    done
+    rm -rf "$WORK/root"
+fi
 
 # --- Host Configurations ----------------------------------------------------------------
 SERIAL=tr-e2e-$(printf '%s' "$WORK" | sha256sum | cut -c1-8)
@@ -163,20 +176,22 @@ health:
     content: "! grep -q broken /etc/os-version"
 EOF
 }
-hc "file://$images/v1.cosi" "${SHA[v1]}" > "$WORK/hc-v1.yaml"
-"$TRIDENT" validate "$WORK/hc-v1.yaml" || fail "hc-v1.yaml is not valid"
-# The update disk: the COSI files and their Host Configurations (as the guest sees them).
-upd=$WORK/updates
-mkdir -p "$upd"
-for v in v2 v3-broken; do
-    ln -f "$images/$v.cosi" "$upd/$v.cosi"
-    hc "file:///run/trident-e2e/images/$v.cosi" "${SHA[$v]}" > "$upd/hc-$v.yaml"
-done
-echo none > "$upd/step"
-upd_mb=$(($(du -sm "$upd" | cut -f1) + 32))
-rm -f "$WORK/updates.img"
-mke2fs -q -F -t ext4 -L e2e-images -d "$upd" "$WORK/updates.img" "${upd_mb}M"
-rm -rf "$upd"
+if [ "$FIRST_BOOT" = 1 ]; then
+    hc "file://$images/v1.cosi" "${SHA[v1]}" > "$WORK/hc-v1.yaml"
+    "$TRIDENT" validate "$WORK/hc-v1.yaml" || fail "hc-v1.yaml is not valid"
+    # The update disk: the COSI files and their Host Configurations (as the guest sees them).
+    upd=$WORK/updates
+    mkdir -p "$upd"
+    for v in v2 v3-broken; do
+        ln -f "$images/$v.cosi" "$upd/$v.cosi"
+        hc "file:///run/trident-e2e/images/$v.cosi" "${SHA[$v]}" > "$upd/hc-$v.yaml"
+    done
+    echo none > "$upd/step"
+    upd_mb=$(($(du -sm "$upd" | cut -f1) + 32))
+    rm -f "$WORK/updates.img"
+    mke2fs -q -F -t ext4 -L e2e-images -d "$upd" "$WORK/updates.img" "${upd_mb}M"
+    rm -rf "$upd"
+fi
 set_step() { # the guest reads it at its next boot
     printf '%s\n' "$1" > "$WORK/step"
     debugfs -w -f - "$WORK/updates.img" > "$WORK/debugfs.log" 2>&1 <<EOF
@@ -195,7 +210,7 @@ cleanup() {
     if [ -n "$LOOP" ]; then losetup -d "$LOOP" 2> /dev/null || true; fi
 }
 trap cleanup EXIT
-if wants install; then
+if [ "$FIRST_BOOT" = 1 ]; then
     rm -f "$DISK" "$VARS"
     truncate -s 1G "$DISK"
     LOOP=$(losetup -f --show "$DISK")
@@ -216,7 +231,7 @@ if wants install; then
     "$HERE/efivars.sh" "$VARS" import "$WORK/efivars" | sed 's/^/ab-update:   efivar /' >&2
 fi
 if [ ! -f "$DISK" ] || [ ! -f "$VARS" ]; then
-    fail "no installed disk in $WORK (run with the install scenario first)"
+    fail "no installed disk in $WORK to resume from"
 fi
 partuuid() { sfdisk --json "$DISK" | python3 -c '
 import json, sys
@@ -287,58 +302,68 @@ check_staged_and_finalized() { # VERSION: the boot staged VERSION and called Fin
 REPORT_END="TRIDENT-E2E: end"
 REPORT_DONE="TRIDENT-E2E: ab report-done"
 
-if wants install; then
-    if wants update; then
-        boot "update v2" "$REPORT_DONE" "$STAGE_TIMEOUT"
-    else
-        boot none "$REPORT_END" "$TIMEOUT"
-    fi
+# Boot N's step: what the next scenario needs, or "none" on the last boot.
+next_step() { # STEP_IF_WANTED SCENARIO
+    if wants "$2"; then echo "$1"; else echo none; fi
+}
+boot_for() { # STEP TIMEOUT_IF_STAGING
+    case $1 in
+        none) boot none "$REPORT_END" "$TIMEOUT" ;;
+        update*) boot "$1" "$REPORT_DONE" "$STAGE_TIMEOUT" ;;
+        *) boot "$1" "$REPORT_DONE" "$TIMEOUT" ;;
+    esac
+}
+
+# 1: the installed v1 boots from A and commits the clean install.
+boot1() {
+    local step
+    step=$(next_step "update v2" update)
+    boot_for "$step"
     check_booted v1 a
     check_committed
     expect "history" "$(history 1)" "commit-clean-install clean-install-finalized->provisioned"
     expect "/var/lib/trident" "$(ab var-lib-trident)" "/dev/vd?4"
     say "PASS install: v1 booted from A (PARTUUID $UUID_A), clean install committed, provisioned"
-    wants update && check_staged_and_finalized v2
-fi
-
-if wants update; then
-    wants install || { boot "update v2" "$REPORT_DONE" "$STAGE_TIMEOUT"; check_staged_and_finalized v2; }
+    [ "$step" = none ] || check_staged_and_finalized v2
+}
+# 2: trial boot of B (v2): the health check passes, commit.
+boot2() {
     boot none "$REPORT_END" "$TIMEOUT"
     check_booted v2 b
     check_committed
+    expect "trident-health.target" "$(ab 'unit trident-health.target')" "ran=yes active=active *"
     expect "history" "$(history 1)" "commit-ab-update ab-update-finalized->provisioned"
     expect "history" "$(history 2)" "finalize-ab-update ab-update-staged->ab-update-finalized"
-    expect "trident-health.target" "$(ab 'unit trident-health.target')" "ran=* active=active result=success *"
     expect "image" "$(ab image-url)" "*/v2.cosi"
     say "PASS update (trial): v2 booted from B, health check passed, committed, active B"
-    if wants rollback; then
-        boot rollback "$REPORT_DONE" "$TIMEOUT"
-    else
-        boot none "$REPORT_END" "$TIMEOUT"
-    fi
+}
+# 3: B again, no trial.
+boot3() {
+    local step
+    step=$(next_step rollback rollback)
+    boot_for "$step"
     check_booted v2 b
     check_no_trial
     say "PASS update (after): B again with no trial boot"
-fi
-
-if wants rollback; then
-    expect "rollback --check" "$(ab_all rollback-check | tr '\n' ' ')" "*"
-    rebooted
-    if wants failed; then
-        boot "update v3-broken" "$REPORT_DONE" "$STAGE_TIMEOUT"
-    else
-        boot none "$REPORT_END" "$TIMEOUT"
+    if [ "$step" != none ]; then
+        expect "rollback --check" "$(ab rollback-check)" "would roll back to volume-a *"
+        rebooted
     fi
+}
+# 4: the manual rollback's trial boot of A (v1), committed.
+boot4() {
+    local step
+    step=$(next_step "update v3-broken" failed)
+    boot_for "$step"
     check_booted v1 a
     check_committed
     expect "history" "$(history 1)" "commit-manual-rollback-ab manual-rollback-ab-finalized->provisioned"
     expect "image" "$(ab image-url)" "*/v1.cosi"
     say "PASS rollback: trident rollback --ab went back to A (v1), committed, active A"
-fi
-
-if wants failed; then
-    check_staged_and_finalized v3-broken
-    # The trial boot of B: the check fails, trident-rollback.service reboots.
+    [ "$step" = none ] || check_staged_and_finalized v3-broken
+}
+# 5: trial boot of B (v3-broken): the check fails, trident-rollback.service reboots.
+boot5() {
     boot none "reboot: Restarting system" "$TIMEOUT"
     grep -aq "Command line: .*root=PARTUUID=$UUID_B " "$LOG" || fail "boot $BOOT: the trial boot did not boot B"
     grep -aq "trident-generator: trial boot of AbUpdate" "$LOG" || fail "boot $BOOT: the generator did not wire a trial boot"
@@ -346,6 +371,9 @@ if wants failed; then
     [ -z "$(ab os)" ] || expect "/etc/os-version" "$(ab os)" v3-broken
     if grep -aq "$REPORT_END" "$LOG"; then fail "boot $BOOT: the failed trial boot powered off instead of rebooting"; fi
     say "  trial boot of B (v3-broken) did not commit and rebooted"
+}
+# 6: back on A (v1): the fallback is recorded.
+boot6() {
     boot none "$REPORT_END" "$TIMEOUT"
     check_booted v1 a
     expect "trident-record-rollback.service" "$(ab 'unit trident-record-rollback.service')" "ran=yes active=active result=success status=0"
@@ -355,9 +383,16 @@ if wants failed; then
     expect "history" "$(history 2)" "health-check-failed ab-update-finalized->ab-update-health-check-failed"
     expect "image" "$(ab image-url)" "*/v1.cosi"
     say "PASS failed update: v3's health check failed, B was not committed, A (v1) booted, the failure recorded"
-fi
+}
 
-say "PASS: ${SCENARIOS} ($BOOT boots, $((SECONDS - T0)) s)"
+last=1
+wants update && last=3
+wants rollback && last=4
+wants failed && last=6
+BOOT=$((FIRST_BOOT - 1))
+for n in $(seq "$FIRST_BOOT" "$last"); do "boot$n"; done
+
+say "PASS: ${SCENARIOS} (boots $FIRST_BOOT-$BOOT, $((SECONDS - T0)) s)"
 if [ "${TRIDENT_E2E_KEEP:-0}" = 1 ] || [ -n "${TRIDENT_E2E_WORK:-}" ]; then
     say "work directory kept: $WORK"
 else
