@@ -74,9 +74,21 @@ say_lines history sh -c 'trident get history --limit 4 --format json \
     | sed -n "s/^    \"\(operation\|stateBefore\|stateAfter\)\": \"\(.*\)\",*\$/\2/p" \
     | paste -d" " - - - | sed "s/ /->/2"'
 say_lines image-url sh -c 'trident get configuration | sed -n "/^image:/,/^[a-z]/s/^ *url: //p"'
+health_failed=no
+if systemctl list-units --state=failed --no-legend 'trident-health-check@*' | grep -q .; then
+    health_failed=yes
+    say "health-check-failed waiting for trident-rollback.service to reboot"
+fi
 say "report-done"
 
 # --- the step ---------------------------------------------------------------------------
+# A trial boot whose health check failed: trident-rollback.service records it and
+# reboots. Wait for that reboot rather than letting the report unit power off first.
+if [ "$health_failed" = yes ]; then
+    sleep 300
+    fail "trident-rollback.service did not reboot within 300 s"
+fi
+
 case $step in
     none) ;;
     update\ *)

@@ -1,6 +1,7 @@
 #!/bin/bash
-# VM scenarios 1, 2, 6 and 3 of issue 7 on one installed disk, each boot reusing the
-# state the previous one left (docs/testing.md, "The A/B scenario"):
+# VM scenarios of issue 7 — install, A/B update, manual rollback, failed health check —
+# on one installed disk, each boot reusing the state the previous one left
+# (docs/testing.md, "The A/B scenario"):
 #
 #   install  the real `trident install` on the host onto a loop device over a sparse
 #            disk image (ESP, A/B root pair, shared /var/lib/trident); boot 1: v1 from
@@ -113,7 +114,8 @@ if [ "$FIRST_BOOT" = 1 ]; then
         say "image $v: make-disk.sh + trident cosi build"
         "$HERE/make-disk.sh" --volume "a=$v" --esp-mb 64 --root-mb 320 "$WORK/root" "$WORK/$v.img" > /dev/null
         "$TRIDENT" cosi build "$WORK/$v.img" -o "$images/$v.cosi" --force \
-            --mount 1=/boot/efi --mount root-a=/ --format json > "$WORK/$v.cosi.json"
+            --mount 1=/boot/efi --mount root-a=/ --format json > "$WORK/$v.cosi.json" \
+            2> "$WORK/$v.cosi.log" || { cat "$WORK/$v.cosi.log" >&2; fail "cosi build of $v"; }
         rm -f "$WORK/$v.img"
         SHA[$v]=$(sed -n 's/.*"metadataSha384": *"\([0-9a-f]*\)".*/\1/p' "$WORK/$v.cosi.json")
         [ -n "${SHA[$v]}" ] || fail "no metadataSha384 in the cosi build summary: $(cat "$WORK/$v.cosi.json")"
@@ -367,8 +369,12 @@ boot5() {
     boot none "reboot: Restarting system" "$TIMEOUT"
     grep -aq "Command line: .*root=PARTUUID=$UUID_B " "$LOG" || fail "boot $BOOT: the trial boot did not boot B"
     grep -aq "trident-generator: trial boot of AbUpdate" "$LOG" || fail "boot $BOOT: the generator did not wire a trial boot"
-    # The scenario unit may or may not get to report before the rollback reboots.
+    # The scenario unit may or may not get to report before the rollback reboots; when
+    # it does, it saw v3-broken and the failed check.
     [ -z "$(ab os)" ] || expect "/etc/os-version" "$(ab os)" v3-broken
+    if grep -aq "$REPORT_DONE" "$LOG"; then
+        expect "failed check" "$(ab health-check-failed)" "waiting for trident-rollback.service to reboot"
+    fi
     if grep -aq "$REPORT_END" "$LOG"; then fail "boot $BOOT: the failed trial boot powered off instead of rebooting"; fi
     say "  trial boot of B (v3-broken) did not commit and rebooted"
 }
