@@ -207,9 +207,14 @@ EOF
 DISK=$WORK/os.img
 VARS=$WORK/vars.fd
 LOOP=''
+MADE_DIRS=()
 cleanup() {
     if [ -L "$DISK_LINK" ] && [ "$(readlink "$DISK_LINK")" = "$LOOP" ]; then rm -f "$DISK_LINK"; fi
     if [ -n "$LOOP" ]; then losetup -d "$LOOP" 2> /dev/null || true; fi
+    # The directories this script created for the link, deepest first, if still empty.
+    local d
+    for d in "${MADE_DIRS[@]}"; do rmdir "$d" 2> /dev/null || true; done
+    MADE_DIRS=()
 }
 trap cleanup EXIT
 if [ "$FIRST_BOOT" = 1 ]; then
@@ -217,6 +222,7 @@ if [ "$FIRST_BOOT" = 1 ]; then
     truncate -s 1G "$DISK"
     LOOP=$(losetup -f --show "$DISK")
     [ ! -e "$DISK_LINK" ] || fail "$DISK_LINK already exists"
+    for d in /dev/disk/by-id /dev/disk; do [ -d "$d" ] || MADE_DIRS+=("$d"); done
     mkdir -p "$(dirname "$DISK_LINK")"
     ln -s "$LOOP" "$DISK_LINK"
     say "install: trident install onto $LOOP (as $DISK_LINK)"
