@@ -105,6 +105,8 @@ case $step in
         say "stage-seconds $(($(date +%s) - start))"
         # (The finished stage unit is unloaded at once: its properties say nothing.)
         say "stage-journal staged=$(journalctl -b -o cat MESSAGE_ID=4f6e0c1a8b2d4c3e9a7f1b2c3d4e5f60 | wc -l)"
+        # Where the stage's time went (the engine's log, with monotonic time stamps).
+        say_lines stage-log journalctl -b -o short-monotonic --no-hostname -u trident-stage.service
         say "staged-stamp $([ -e /var/lib/trident/staged ] && echo yes || echo no)"
         say "entries $(entries)"
         say_lines staged-status sh -c 'trident get status | grep -E "^(servicingState|activeVolume|targetVolume):"'

@@ -101,6 +101,11 @@ ln -sf ../trident-e2e-ab.service \
 # everything).
 ln -sf /dev/null "$stage/etc/systemd/system/trident-update.timer"
 ln -sf /dev/null "$stage/etc/systemd/system/trident-finalize.timer"
+# The VM has no network device (-nic none), but the first boot's presets enable
+# systemd-networkd and its wait-online service, which then holds network-online.target
+# for its whole 120 s timeout; trident-stage.service wants and orders after that target
+# (for http/oci sources), so every stage would start 2 minutes late.
+ln -sf /dev/null "$stage/etc/systemd/system/systemd-networkd-wait-online.service"
 
 # --- images v1, v2, v3 (v3's health check fails) -------------------------------------
 images=$WORK/images
