@@ -5,7 +5,7 @@
 #   make e2e-smoke   boot A, one-shot B, back to A under OVMF + systemd-boot (2-5.5 min)
 #   make e2e-ab      install + A/B update + rollback + failed update (ab-update.sh)
 #   make e2e         the whole VM suite: smoke, layered, ab-update (install, A/B update,
-#                    manual rollback, failed health check; ~20 min); further scenarios
+#                    manual rollback, failed health check; ~7-12 min); further scenarios
 #                    of issue 7 are added to E2E_SCENARIOS as they land
 
 E2E_DIR ?= tests/e2e
