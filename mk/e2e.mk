@@ -3,14 +3,16 @@
 #
 #   make e2e-guest   build (once per machine) the cached Debian 12 guest root
 #   make e2e-smoke   boot A, one-shot B, back to A under OVMF + systemd-boot (2-5.5 min)
-#   make e2e         the whole VM suite (today: smoke + layered; the engine scenarios
-#                    of issue 7 are added to E2E_SCENARIOS as they land)
+#   make e2e-ab      install + A/B update + rollback + failed update (ab-update.sh)
+#   make e2e         the whole VM suite: smoke, layered, ab-update (install, A/B update,
+#                    manual rollback, failed health check; ~7-12 min); further scenarios
+#                    of issue 7 are added to E2E_SCENARIOS as they land
 
 E2E_DIR ?= tests/e2e
-E2E_PACKAGES ?= qemu-system-x86 ovmf debootstrap mtools dosfstools gdisk zstd python3-venv e2fsprogs
-E2E_SCENARIOS ?= $(E2E_DIR)/smoke.sh $(E2E_DIR)/layered.sh
+E2E_PACKAGES ?= qemu-system-x86 ovmf debootstrap mtools dosfstools gdisk zstd python3-venv e2fsprogs fdisk binutils
+E2E_SCENARIOS ?= $(E2E_DIR)/smoke.sh $(E2E_DIR)/layered.sh $(E2E_DIR)/ab-update.sh
 
-.PHONY: e2e-deps e2e-guest e2e-smoke e2e
+.PHONY: e2e-deps e2e-guest e2e-smoke e2e-ab e2e
 
 e2e-deps:
 	@missing=$$(for p in $(E2E_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -22,6 +24,9 @@ e2e-guest: e2e-deps
 
 e2e-smoke: e2e-guest
 	$(E2E_DIR)/smoke.sh
+
+e2e-ab: e2e-guest
+	$(E2E_DIR)/ab-update.sh
 
 e2e: e2e-guest
 	@set -e; for s in $(E2E_SCENARIOS); do echo "== $$s"; $$s; done

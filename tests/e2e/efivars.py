@@ -9,11 +9,16 @@ Runs with the python of the virt-firmware venv (tests/e2e/vm.sh installs it):
   efivars.py VARS set-string NAME VALUE     set a systemd-boot string (UTF-16LE + NUL)
   efivars.py VARS set-boot-next HEX         set BootNext (e.g. 0001)
   efivars.py VARS delete NAME               delete a variable (no error if unset)
+  efivars.py VARS import DIR                set every variable of an efivarfs-format
+                                            directory (files NAME-GUID: 4-byte LE
+                                            attributes + value), e.g. what an installer
+                                            run on the host with --efivars DIR wrote
 
 Names are looked up by name alone; systemd-boot variables (Loader*) get the LoaderInfo
 vendor GUID, the rest the global EFI GUID.
 """
 
+import os
 import struct
 import sys
 
@@ -75,6 +80,22 @@ def main(argv):
                                       data=(value + "\0").encode("utf-16-le"))
     elif verb == "set-boot-next" and len(args) == 1:
         varlist.set_boot_next(int(args[0], 16))
+    elif verb == "import" and len(args) == 1:
+        for entry in sorted(os.listdir(args[0])):
+            # NAME-8-4-4-4-12: the GUID is the last 36 characters.
+            name, guid = entry[:-37], entry[-36:]
+            if len(entry) < 38 or entry[-37] != "-":
+                print(f"{entry}: not an efivarfs file name", file=sys.stderr)
+                return 2
+            with open(os.path.join(args[0], entry), "rb") as f:
+                raw = f.read()
+            attr = struct.unpack("<I", raw[:4])[0]
+            key, _ = find(varlist, name)
+            if key is not None:
+                del varlist[key]
+            varlist[name] = efivar.EfiVar(ucs16.from_string(name), guid=guid, attr=attr,
+                                          data=raw[4:])
+            print(f"{name} {guid} {len(raw) - 4} bytes")
     elif verb == "delete" and len(args) == 1:
         key, _ = find(varlist, args[0])
         if key is not None:

@@ -8,6 +8,8 @@
 #   --log FILE       serial console log (default: DISK.console.log; overwritten)
 #   --timeout SECS   kill QEMU (by its pid) after this long (default 300)
 #   --disk2 FILE     a second virtio disk (raw), e.g. an update image or install target
+#   --serial ID      the first disk's virtio serial number (at most 20 characters): the
+#                    guest's udev names it /dev/disk/by-id/virtio-ID
 #   --expect REGEX   the boot passes only if the console log matches (grep -E)
 # One boot is one QEMU process: the guest powers off after reporting (its
 # trident-e2e-report unit), and -no-reboot turns a reboot or a panic into an exit.
@@ -19,7 +21,7 @@ set -euo pipefail
 
 OVMF_CODE=${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}
 OVMF_VARS_TEMPLATE=${OVMF_VARS_TEMPLATE:-/usr/share/OVMF/OVMF_VARS_4M.fd}
-VARS='' LOG='' TIMEOUT=300 DISK2='' EXPECT=''
+VARS='' LOG='' TIMEOUT=300 DISK2='' EXPECT='' SERIAL=''
 die() { echo "vm: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -29,6 +31,7 @@ while [ $# -gt 0 ]; do
         --timeout) TIMEOUT=$2; shift 2 ;;
         --disk2) DISK2=$2; shift 2 ;;
         --expect) EXPECT=$2; shift 2 ;;
+        --serial) SERIAL=$2; shift 2 ;;
         -*) die "unknown option $1" ;;
         *) break ;;
     esac
@@ -37,6 +40,7 @@ done
 DISK=$1
 [ -f "$DISK" ] || die "no disk image $DISK"
 [ -z "$DISK2" ] || [ -f "$DISK2" ] || die "no disk image $DISK2"
+[[ $SERIAL =~ ^[A-Za-z0-9_-]{0,20}$ ]] || die "bad --serial '$SERIAL' (at most 20 of A-Z a-z 0-9 _ -)"
 [ -f "$OVMF_CODE" ] || die "no $OVMF_CODE (apt-get install ovmf)"
 command -v qemu-system-x86_64 > /dev/null || die "no qemu-system-x86_64 (apt-get install qemu-system-x86)"
 VARS=${VARS:-$DISK.vars.fd}
@@ -47,9 +51,14 @@ args=(
     -accel tcg -machine q35 -cpu max -smp 2 -m 1024
     -drive "if=pflash,format=raw,unit=0,readonly=on,file=$OVMF_CODE"
     -drive "if=pflash,format=raw,unit=1,file=$VARS"
-    -drive "if=virtio,format=raw,file=$DISK"
     -nic none -nographic -monitor none -serial "file:$LOG" -no-reboot
 )
+if [ -n "$SERIAL" ]; then
+    # The serial is a property of the device, not of -drive.
+    args+=(-drive "if=none,id=disk1,format=raw,file=$DISK" -device "virtio-blk-pci,drive=disk1,serial=$SERIAL")
+else
+    args+=(-drive "if=virtio,format=raw,file=$DISK")
+fi
 [ -z "$DISK2" ] || args+=(-drive "if=virtio,format=raw,file=$DISK2")
 
 : > "$LOG"
