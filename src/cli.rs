@@ -697,17 +697,7 @@ fn via_dbus(
         )
         .into());
     }
-    let yaml = config
-        .map(|p| {
-            std::fs::read_to_string(p).map_err(|e| {
-                crate::TridentError::invalid_input(
-                    "config-unreadable",
-                    format!("cannot read the Host Configuration {}: {e}", p.display()),
-                )
-            })
-        })
-        .transpose()?
-        .unwrap_or_default();
+    let yaml = config.map(read_config).transpose()?.unwrap_or_default();
     let proxy = client::proxy_at(bus.bus_address.as_deref()).map_err(client::call_error)?;
     let reporter = crate::progress::Reporter::new_percent(format!("{operation} (tridentd)"));
     let outcome = client::start_and_follow(
@@ -850,16 +840,11 @@ fn commit(args: &EngineArgs) -> Result<()> {
 }
 
 fn rollback(runtime: bool, check: bool, args: &EngineArgs) -> Result<()> {
-    if runtime {
-        let plan = crate::engine::rollback_runtime(&engine_ctx(args, None, false)?, check)?;
-        if check {
-            println!("would {plan}");
-        } else {
-            eprintln!("{plan}");
-        }
-        return Ok(());
-    }
-    let plan = crate::engine::rollback_ab(&engine_ctx(args, None, !check)?, check)?;
+    let plan = if runtime {
+        crate::engine::rollback_runtime(&engine_ctx(args, None, false)?, check)?.to_string()
+    } else {
+        crate::engine::rollback_ab(&engine_ctx(args, None, !check)?, check)?.to_string()
+    };
     if check {
         println!("would {plan}");
     } else {

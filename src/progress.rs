@@ -68,11 +68,18 @@ impl Reporter {
             bar.set_message(message.to_string());
             return;
         }
+        self.log_line(u64::from(percent), percent >= 100, || {
+            format!("{}: {percent}% {message}", self.label)
+        });
+    }
+
+    /// Without a bar: log `line()` when the percentage changed, at most every 5 s
+    /// (and always at the end).
+    fn log_line(&self, percent: u64, finished: bool, line: impl FnOnce() -> String) {
         let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
-        let p = u64::from(percent);
-        if last.1 != p && (last.0.elapsed() >= Duration::from_secs(5) || percent >= 100) {
-            tracing::info!("{}: {percent}% {message}", self.label);
-            *last = (Instant::now(), p);
+        if last.1 != percent && (last.0.elapsed() >= Duration::from_secs(5) || finished) {
+            tracing::info!("{}", line());
+            *last = (Instant::now(), percent);
         }
     }
 
@@ -86,10 +93,9 @@ impl Reporter {
         let percent = done.saturating_mul(100).checked_div(total).unwrap_or(0);
         if let Some(status) = &self.last_status {
             let mut last = status.lock().unwrap_or_else(|e| e.into_inner());
-            let changed = last.1 != percent || last.2 != item;
-            if changed
-                && (last.0.elapsed() >= Duration::from_secs(1) || done == total || last.2 != item)
-            {
+            // A new item at once; the same one on a new percentage, at most once a second.
+            let due = last.0.elapsed() >= Duration::from_secs(1) || done == total;
+            if last.2 != item || (last.1 != percent && due) {
                 let text = format!("{item}: {percent}% ({done} of {total} bytes)");
                 if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&text)]) {
                     tracing::debug!("sd_notify STATUS: {e}");
@@ -102,11 +108,9 @@ impl Reporter {
             bar.set_position(done);
             return;
         }
-        let mut last = self.last_line.lock().unwrap_or_else(|e| e.into_inner());
-        if last.1 != percent && (last.0.elapsed() >= Duration::from_secs(5) || done == total) {
-            tracing::info!("{item}: {percent}% ({done}/{total} bytes)");
-            *last = (Instant::now(), percent);
-        }
+        self.log_line(percent, done == total, || {
+            format!("{item}: {percent}% ({done}/{total} bytes)")
+        });
     }
 
     /// Finish the display.

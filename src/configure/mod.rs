@@ -20,7 +20,9 @@ mod services;
 mod system;
 mod users;
 
+pub use fsutil::write_in_target;
 pub use hooks::{run_hooks, HookContext, HookPhase};
+pub use system::{write_netplan, NETPLAN_FILE};
 
 /// What the engine knows about the volume being configured.
 #[derive(Debug, Clone)]

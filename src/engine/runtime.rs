@@ -15,6 +15,7 @@ use super::EngineContext;
 use crate::cmd::{have_program, Cmd};
 use crate::config::HostConfiguration;
 use crate::config::{Extension, DEFAULT_CONFEXT_DIR, DEFAULT_SYSEXT_DIR};
+use crate::configure::{write_in_target, write_netplan, NETPLAN_FILE};
 use crate::datastore::Datastore;
 use crate::error::{find_trident_error, TridentError};
 use crate::status::{ServicingState, Transition};
@@ -26,7 +27,6 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 /// The netplan file install's configure step writes (relative to the host root).
-const NETPLAN_FILE: &str = "etc/netplan/99-trident.yaml";
 /// Suffix of a downloaded image before it is verified and put in place.
 const NEW_SUFFIX: &str = ".trident-new";
 /// Suffix of a replaced or dropped image kept until the update succeeded.
@@ -496,9 +496,9 @@ pub fn recover_interrupted(
         }
     }
     if previous.os.netplan != hs.spec.os.netplan {
-        let file = root.join(NETPLAN_FILE);
+        let file = root.join(NETPLAN_FILE.trim_start_matches('/'));
         match &previous.os.netplan {
-            Some(v) => write_netplan(&file, v)?,
+            Some(v) => write_netplan(root, v)?,
             None => {
                 let _ = fs::remove_file(&file);
             }
@@ -760,7 +760,7 @@ fn swap_and_refresh(
         tracing::info!(path = %dest.display(), "extension placed");
     }
     if changes.netplan {
-        let file = root.join(NETPLAN_FILE);
+        let file = root.join(NETPLAN_FILE.trim_start_matches('/'));
         let before = match fs::read(&file) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -768,7 +768,7 @@ fn swap_and_refresh(
         };
         undo.push(Undo::Netplan(before));
         match &new.os.netplan {
-            Some(v) => write_netplan(&file, v)?,
+            Some(v) => write_netplan(root, v)?,
             None => {
                 fs::remove_file(&file).with_context(|| format!("removing {}", file.display()))?
             }
@@ -832,34 +832,6 @@ fn swap_and_refresh(
     Ok(())
 }
 
-/// The netplan document install's configure step writes: the value under `network:`,
-/// mode 0600, replaced atomically.
-fn write_netplan(file: &Path, netplan: &serde_yaml::Value) -> Result<()> {
-    let mut doc = serde_yaml::Mapping::new();
-    doc.insert("network".into(), netplan.clone());
-    let text = serde_yaml::to_string(&doc)?;
-    write_atomic(file, text.as_bytes())
-}
-
-fn write_atomic(file: &Path, data: &[u8]) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(d) = file.parent() {
-        super::ensure_dir(d)?;
-    }
-    let tmp = sibling(file, NEW_SUFFIX);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    fs::rename(&tmp, file).with_context(|| format!("replacing {}", file.display()))
-}
-
 fn undo_step(root: &Path, u: Undo) -> Result<()> {
     match u {
         Undo::Placed(p) => fs::remove_file(&p).with_context(|| format!("removing {}", p.display())),
@@ -870,11 +842,11 @@ fn undo_step(root: &Path, u: Undo) -> Result<()> {
             fs::rename(&backup, &path).with_context(|| format!("restoring {}", path.display()))
         }
         Undo::Netplan(before) => {
-            let file = root.join(NETPLAN_FILE);
+            let file = root.join(NETPLAN_FILE.trim_start_matches('/'));
             match before {
-                Some(b) => {
-                    write_atomic(&file, &b).with_context(|| format!("restoring {}", file.display()))
-                }
+                Some(b) => write_in_target(root, NETPLAN_FILE, &b, Some(0o600))
+                    .map(drop)
+                    .with_context(|| format!("restoring {}", file.display())),
                 None => match fs::remove_file(&file) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         Err(e).with_context(|| format!("removing {}", file.display()))
