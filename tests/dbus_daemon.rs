@@ -26,20 +26,6 @@ use trident::dbus::{daemon, Trident1};
 use trident::status::{AbVolume, ServicingState};
 use zbus::connection::Builder;
 
-/// A `dbus-daemon` of our own; killed (by pid) on drop.
-struct Bus {
-    child: Child,
-    address: String,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn have(tool: &str) -> bool {
     Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])

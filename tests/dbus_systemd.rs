@@ -9,7 +9,7 @@ mod dbus_support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,19 +21,6 @@ use trident::dbus::{daemon, Trident1};
 use zbus::connection::Builder;
 use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath};
-
-struct Bus {
-    child: Child,
-    address: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Bus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start_bus() -> Option<Bus> {
     let dir = tempfile::tempdir().unwrap();
@@ -66,7 +53,7 @@ fn start_bus() -> Option<Bus> {
     Some(Bus {
         child,
         address: line.trim().to_string(),
-        _dir: dir,
+        dir,
     })
 }
 

@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,6 +75,20 @@ impl Servicer for FakeServicer {
 }
 
 /// A datastore at `dir/datastore.sqlite` recording a provisioned host on volume A.
+/// A `dbus-daemon` a test started (its config and socket in `dir`); killed by pid on drop.
+pub struct Bus {
+    pub child: Child,
+    pub address: String,
+    pub dir: tempfile::TempDir,
+}
+
+impl Drop for Bus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn provisioned_datastore(dir: &Path) -> PathBuf {
     let path = dir.join("datastore.sqlite");
     let mut ds = Datastore::open(&path).unwrap();
