@@ -6,7 +6,11 @@
 #   health-<name>.rc   exit status of `internal health-check <name>` (default 0)
 # `internal health-check-failed` also snapshots the unit states into
 # /results/at-rollback.txt before the rollback service reboots the container.
-{ printf '%s' "$(cut -d' ' -f1 /proc/uptime)"; for a in "$@"; do printf ' [%s]' "$a"; done; echo; } >> /results/calls.log
+# One write(2) per call: health checks run in parallel and O_APPEND keeps whole
+# lines apart only when each line is written at once.
+line=$(cut -d' ' -f1 /proc/uptime)
+for a in "$@"; do line="$line [$a]"; done
+printf '%s\n' "$line" >> /results/calls.log
 [ "$1" = internal ] || exit 0
 case "$2" in
     health-check)
