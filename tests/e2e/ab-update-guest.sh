@@ -14,6 +14,13 @@
 #                  (the real unit), then Finalize over D-Bus (tridentd, activated by the
 #                  call, starts trident-finalize.service, which reboots)
 #      rollback    `trident rollback --ab` (manual A/B rollback; reboots)
+#      power-cut VER  config := hc-VER.yaml, start trident-stage.service without
+#                  waiting, and once it reports writing the root volume (its STATUS=,
+#                  at 5% or more) say "power-cut-now": the host then kills QEMU
+#      timers VER  config := hc-VER.yaml, unmask and enable the schedule timers with
+#                  drop-ins that shorten them (staging 10 s after start, a finalize
+#                  window every 15 s), then only watch: the timers stage, finalize and
+#                  reboot on their own
 #    A step that reboots never returns: the reboot stops this unit, and the report unit
 #    (ordered after it) never runs. A step that fails reports "ab failed ..." and
 #    returns, so the report unit powers off and the host sees the failure.
@@ -60,6 +67,8 @@ say "markers trial=$([ -e /etc/trident/boot/trial ] && echo yes || echo no) pend
 entries() { find /boot/efi/loader/entries -name '*.conf' -printf '%f ' | tr -s ' '; }
 say "esp $(findmnt -no SOURCE /boot/efi) $(entries)"
 say "var-lib-trident $(findmnt -no SOURCE /var/lib/trident)"
+say "staged-now $([ -e /var/lib/trident/staged ] && echo yes || echo no)"
+say "failed-units $(systemctl list-units --state=failed --no-legend --plain | awk '{printf "%s ", $1}')"
 for u in trident-commit.service trident-record-rollback.service trident-rollback.service \
     trident-health.target; do
     unit "$u"
@@ -89,13 +98,17 @@ if [ "$health_failed" = yes ]; then
     fail "trident-rollback.service did not reboot within 300 s"
 fi
 
+configure() { # VERSION: the Host Configuration the units read
+    [ -f "$images/hc-$1.yaml" ] || fail "no hc-$1.yaml on the images disk"
+    mkdir -p /etc/trident
+    cp "$images/hc-$1.yaml" /etc/trident/config.yaml
+}
+
 case $step in
     none) ;;
     update\ *)
         version=${step#update }
-        [ -f "$images/hc-$version.yaml" ] || fail "no hc-$version.yaml on the images disk"
-        mkdir -p /etc/trident
-        cp "$images/hc-$version.yaml" /etc/trident/config.yaml
+        configure "$version"
         say "action stage $version"
         start=$(date +%s)
         systemctl start trident-stage.service || {
@@ -129,6 +142,63 @@ case $step in
             i=$((i + 1))
         done
         fail "finalize did not reboot within 300 s"
+        ;;
+    power-cut\ *)
+        version=${step#power-cut }
+        configure "$version"
+        say "action stage $version (the power will be cut)"
+        systemctl start --no-block trident-stage.service || fail "starting trident-stage.service"
+        i=0
+        while [ $i -lt 1200 ]; do
+            text=$(systemctl show -P StatusText trident-stage.service)
+            percent=$(printf '%s' "$text" | sed -n 's|^writing / onto .*: \([0-9]*\)% .*|\1|p')
+            if [ -n "$percent" ] && [ "$percent" -ge 5 ]; then
+                say "power-cut-now $text"
+                sleep 600
+                fail "the host did not cut the power"
+            fi
+            if [ -e /var/lib/trident/staged ]; then
+                fail "the stage finished before the power cut (last status: $text)"
+            fi
+            if [ "$(systemctl show -P ActiveState trident-stage.service)" = failed ]; then
+                say_lines journal journalctl -b -o cat -u trident-stage.service -n 30
+                fail "stage"
+            fi
+            sleep 0.5
+            i=$((i + 1))
+        done
+        fail "trident-stage.service never reported writing the root volume"
+        ;;
+    timers\ *)
+        version=${step#timers }
+        configure "$version"
+        # The image masks the timers (the other steps must not be disturbed by them).
+        rm -f /etc/systemd/system/trident-update.timer /etc/systemd/system/trident-finalize.timer
+        mkdir -p /etc/systemd/system/trident-update.timer.d /etc/systemd/system/trident-finalize.timer.d
+        # Drop-ins as docs/units.md describes them, with a schedule a test can wait for.
+        printf '%s\n' '[Timer]' 'OnCalendar=' 'OnActiveSec=10s' 'RandomizedDelaySec=0' \
+            'AccuracySec=1s' > /etc/systemd/system/trident-update.timer.d/e2e.conf
+        printf '%s\n' '[Timer]' 'OnCalendar=' 'OnCalendar=*:*:00/15' 'RandomizedDelaySec=0' \
+            'AccuracySec=1s' > /etc/systemd/system/trident-finalize.timer.d/e2e.conf
+        systemctl daemon-reload
+        systemctl enable --now trident-update.timer trident-finalize.timer > /dev/null 2>&1 \
+            || fail "enabling the timers"
+        say_lines timers systemctl list-timers --no-legend 'trident-*'
+        say "action timers $version"
+        # Only watch: report every change of the two services' states until the
+        # finalize service reboots the machine.
+        last=''
+        i=0
+        while [ $i -lt 600 ]; do
+            now="stage=$(systemctl show -P ActiveState trident-stage.service) finalize=$(systemctl show -P ActiveState trident-finalize.service) staged=$([ -e /var/lib/trident/staged ] && echo yes || echo no)"
+            if [ "$now" != "$last" ]; then
+                say "timer-watch $now"
+                last=$now
+            fi
+            sleep 1
+            i=$((i + 1))
+        done
+        fail "the timers did not stage, finalize and reboot within 600 s"
         ;;
     rollback)
         say_lines rollback-check trident rollback --ab --check

@@ -13,6 +13,15 @@
 #   failed   boot 4 stages v3, whose health check fails, and finalizes → reboot; boot 5:
 #            trial of B fails its check, trident-rollback.service reboots; boot 6: A
 #            (v1), the fallback recorded, provisioned on the v1 Host Configuration
+#   broken-os  boot 6 stages v4-panic (its /sbin/init exits at once) and finalizes;
+#            boot 7: B's kernel panics (no userspace runs; panic=10 restarts); boot 8:
+#            the firmware's default, A (v1), records the automatic rollback
+#   power-cut  boot 8 starts staging v2 and the host kills QEMU while it writes; boot 9:
+#            A (v1), healthy, nothing staged, nothing recorded; it stages v2 again and
+#            finalizes; boot 10: trial of B (v2), committed
+#   timer    boot 10 only enables the schedule timers (drop-ins shorten them) with v5
+#            configured: the update timer stages, the finalize window reboots; boot 11:
+#            trial of A (v5), committed
 #
 # The Host Configuration names the disk /dev/disk/by-id/virtio-SERIAL: in the guest
 # udev makes that link for the VM's disk (vm.sh --serial); on the host the script makes
@@ -22,7 +31,7 @@
 #      that stages gets the timeout plus TRIDENT_E2E_STAGE_TIMEOUT, default 300 s);
 #      PROFILE (release|debug, default release: the guest runs under TCG),
 #      NO_BUILD=1 to skip `cargo build`; AB_SCENARIOS (default "install update rollback
-#      failed"): a prefix of that list to stop early; AB_RESUME_AT_BOOT=N (development)
+#      failed broken-os power-cut timer"): a prefix of that list to stop early; AB_RESUME_AT_BOOT=N (development)
 #      continues a kept TRIDENT_E2E_WORK at boot N.
 set -euo pipefail
 
@@ -31,7 +40,8 @@ REPO=$(cd "$HERE/../.." && pwd)
 TIMEOUT=${TRIDENT_E2E_TIMEOUT:-300}
 STAGE_TIMEOUT=$((TIMEOUT + ${TRIDENT_E2E_STAGE_TIMEOUT:-300}))
 PROFILE=${PROFILE:-release}
-SCENARIOS=${AB_SCENARIOS:-install update rollback failed}
+ALL_SCENARIOS="install update rollback failed broken-os power-cut timer"
+SCENARIOS=${AB_SCENARIOS:-$ALL_SCENARIOS}
 WORK=${TRIDENT_E2E_WORK:-$(mktemp -d /var/tmp/trident-e2e-ab.XXXXXX)}
 mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
@@ -39,10 +49,17 @@ T0=$SECONDS
 say() { echo "ab-update: [$((SECONDS - T0)) s] $*" >&2; }
 fail() { say "FAIL: $*"; say "logs kept in $WORK"; exit 1; }
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
-case $SCENARIOS in
-    install | "install update" | "install update rollback" | "install update rollback failed") ;;
-    *) fail "AB_SCENARIOS must be a prefix of 'install update rollback failed', not '$SCENARIOS'" ;;
+case "$ALL_SCENARIOS " in
+    "$SCENARIOS "*) ;;
+    *) fail "AB_SCENARIOS must be a prefix of '$ALL_SCENARIOS', not '$SCENARIOS'" ;;
 esac
+# The update images the scenarios need (v1 is installed; v2 also serves power-cut).
+UPDATES=''
+wants update && UPDATES+=' v2'
+wants failed && UPDATES+=' v3-broken'
+wants broken-os && UPDATES+=' v4-panic'
+wants timer && UPDATES+=' v5'
+IMAGES="v1$UPDATES"
 # Development: resume at boot N of a kept work directory (TRIDENT_E2E_WORK) whose disk
 # is in the state boot N-1 left; nothing is rebuilt or reinstalled.
 FIRST_BOOT=${AB_RESUME_AT_BOOT:-1}
@@ -111,7 +128,7 @@ ln -sf /dev/null "$stage/etc/systemd/system/systemd-networkd-wait-online.service
 # in to this guest (root is locked), so it is masked here.
 ln -sf /dev/null "$stage/etc/systemd/system/serial-getty@ttyS0.service"
 
-# --- images v1, v2, v3 (v3's health check fails) -------------------------------------
+# --- images: v1, v2, v5 good; v3-broken fails its health check; v4-panic cannot boot ----
 images=$WORK/images
 mkdir -p "$images"
 if [ "$FIRST_BOOT" = 1 ]; then
@@ -119,13 +136,24 @@ if [ "$FIRST_BOOT" = 1 ]; then
     "$HERE/build-guest.sh" --extract "$WORK/root" > /dev/null
     layer_staging "$stage" "$WORK/root"
     declare -A SHA
-    for v in v1 v2 v3-broken; do
+    for v in $IMAGES; do
         say "image $v: make-disk.sh + trident cosi build"
+        if [ "$v" = v4-panic ]; then
+            # An OS that cannot come up: its init exits at once, so the kernel panics
+            # ("Attempted to kill init!") before any of its userspace runs. The last
+            # image built: the root is restored afterwards all the same.
+            init=$WORK/root/usr/sbin/init
+            [ -L "$WORK/root/sbin" ] || init=$WORK/root/sbin/init
+            mv "$init" "$init.e2e-saved"
+            printf '#!/bin/sh\necho "v4-panic: init exits"\nexit 1\n' > "$init"
+            chmod 0755 "$init"
+        fi
         "$HERE/make-disk.sh" --volume "a=$v" --esp-mb 64 --root-mb 320 "$WORK/root" "$WORK/$v.img" > /dev/null
         "$TRIDENT" cosi build "$WORK/$v.img" -o "$images/$v.cosi" --force \
             --mount 1=/boot/efi --mount root-a=/ --format json > "$WORK/$v.cosi.json" \
             2> "$WORK/$v.cosi.log" || { cat "$WORK/$v.cosi.log" >&2; fail "cosi build of $v"; }
         rm -f "$WORK/$v.img"
+        [ "$v" != v4-panic ] || mv -f "$init.e2e-saved" "$init"
         SHA[$v]=$(sed -n 's/.*"metadataSha384": *"\([0-9a-f]*\)".*/\1/p' "$WORK/$v.cosi.json")
         [ -n "${SHA[$v]}" ] || fail "no metadataSha384 in the cosi build summary: $(cat "$WORK/$v.cosi.json")"
     done
@@ -193,7 +221,7 @@ if [ "$FIRST_BOOT" = 1 ]; then
     # The update disk: the COSI files and their Host Configurations (as the guest sees them).
     upd=$WORK/updates
     mkdir -p "$upd"
-    for v in v2 v3-broken; do
+    for v in $UPDATES; do
         ln -f "$images/$v.cosi" "$upd/$v.cosi"
         hc "file:///run/trident-e2e/images/$v.cosi" "${SHA[$v]}" > "$upd/hc-$v.yaml"
     done
@@ -273,6 +301,17 @@ boot() {
     "$HERE/vm.sh" --vars "$VARS" --log "$LOG" --timeout "$3" --serial "$SERIAL" \
         --disk2 "$WORK/updates.img" --expect "$2" "$DISK" >&2 || fail "boot $BOOT"
 }
+# boot_cut STEP: one boot with STEP for the guest, whose power the host cuts (QEMU
+# killed) as soon as the guest says "power-cut-now".
+boot_cut() {
+    BOOT=$((BOOT + 1))
+    LOG=$WORK/boot$BOOT.log
+    set_step "$1"
+    say "boot $BOOT (step: $1)"
+    "$HERE/vm.sh" --vars "$VARS" --log "$LOG" --timeout "$STAGE_TIMEOUT" --serial "$SERIAL" \
+        --disk2 "$WORK/updates.img" --kill-on "TRIDENT-E2E: ab power-cut-now" "$DISK" >&2 \
+        || fail "boot $BOOT"
+}
 # The value of "TRIDENT-E2E: ab KEY VALUE" (first one) in this boot's console log.
 ab_all() { grep -ao "TRIDENT-E2E: ab $1 .*" "$LOG" | tr -d '\r' | cut -c$((${#1} + 18))-; }
 ab() { ab_all "$1" | head -1; }
@@ -326,7 +365,7 @@ next_step() { # STEP_IF_WANTED SCENARIO
 boot_for() { # STEP TIMEOUT_IF_STAGING
     case $1 in
         none) boot none "$REPORT_END" "$TIMEOUT" ;;
-        update*) boot "$1" "$REPORT_DONE" "$STAGE_TIMEOUT" ;;
+        update* | timers*) boot "$1" "$REPORT_DONE" "$STAGE_TIMEOUT" ;;
         *) boot "$1" "$REPORT_DONE" "$TIMEOUT" ;;
     esac
 }
@@ -395,7 +434,9 @@ boot5() {
 }
 # 6: back on A (v1): the fallback is recorded.
 boot6() {
-    boot none "$REPORT_END" "$TIMEOUT"
+    local step
+    step=$(next_step "update v4-panic" broken-os)
+    boot_for "$step"
     check_booted v1 a
     expect "trident-record-rollback.service" "$(ab 'unit trident-record-rollback.service')" "ran=yes active=active result=success status=0"
     expect "ROLLED_BACK milestones" "$(ab journal)" "committed=0 rolled-back=1"
@@ -404,12 +445,95 @@ boot6() {
     expect "history" "$(history 2)" "health-check-failed ab-update-finalized->ab-update-health-check-failed"
     expect "image" "$(ab image-url)" "*/v1.cosi"
     say "PASS failed update: v3's health check failed, B was not committed, A (v1) booted, the failure recorded"
+    [ "$step" = none ] || check_staged_and_finalized v4-panic
+}
+# 7: trial boot of B (v4-panic): the kernel panics, restarts by itself (panic=10).
+boot7() {
+    boot none "Kernel panic - not syncing" "$TIMEOUT"
+    grep -aq "Command line: .*root=PARTUUID=$UUID_B " "$LOG" || fail "boot $BOOT: the trial boot did not boot B"
+    grep -aq "Attempted to kill init" "$LOG" || fail "boot $BOOT: the kernel did not panic for want of an init"
+    grep -aq "Rebooting in 10 seconds" "$LOG" || fail "boot $BOOT: the panic did not restart the machine"
+    if grep -aq "TRIDENT-E2E:\|Welcome to" "$LOG"; then fail "boot $BOOT: userspace of v4-panic ran"; fi
+    say "  trial boot of B (v4-panic): kernel panic before any userspace, restart"
+}
+# 8: the firmware's default, A (v1), records the automatic rollback.
+boot8() {
+    check_fallback_recorded() {
+        check_booted v1 a
+        expect "trident-record-rollback.service" "$(ab 'unit trident-record-rollback.service')" "ran=yes active=active result=success status=0"
+        expect "ROLLED_BACK milestones" "$(ab journal)" "committed=0 rolled-back=1"
+        expect "last error" "$(ab_all last-error | tr '\n' ' ')" "*code: trial-boot-failed *"
+        expect "history" "$(history 1)" "record-fallback ab-update-finalized->provisioned"
+        expect "history" "$(history 2)" "finalize-ab-update ab-update-staged->ab-update-finalized"
+        expect "image" "$(ab image-url)" "*/v1.cosi"
+        say "PASS broken OS: v4's kernel panicked on the trial boot, A (v1) booted next, the rollback recorded"
+    }
+    if wants power-cut; then
+        boot_cut "power-cut v2"
+        check_fallback_recorded
+        expect "action" "$(ab action)" "stage v2 (the power will be cut)"
+        [ -z "$(ab failed)" ] || { show; fail "boot $BOOT: the guest reported a failure"; }
+        say "  power cut while staging v2 ($(ab power-cut-now))"
+    else
+        boot none "$REPORT_END" "$TIMEOUT"
+        check_fallback_recorded
+    fi
+}
+# 9: after the power cut: A (v1), healthy, nothing staged; stage v2 again and finalize.
+boot9() {
+    boot_for "update v2"
+    check_booted v1 a
+    check_no_trial
+    expect "staged stamp" "$(ab staged-now)" no
+    expect "failed units" "$(ab failed-units)" ""
+    expect "history (the cut stage recorded nothing)" "$(history 1)" "record-fallback ab-update-finalized->provisioned"
+    say "PASS power cut (after): A (v1) booted healthy, provisioned, nothing staged"
+    check_staged_and_finalized v2
+}
+# 10: trial boot of B (v2) after the re-stage: committed.
+boot10() {
+    local step
+    step=$(next_step "timers v5" timer)
+    boot_for "$step"
+    check_booted v2 b
+    check_committed
+    expect "history" "$(history 1)" "commit-ab-update ab-update-finalized->provisioned"
+    expect "image" "$(ab image-url)" "*/v2.cosi"
+    say "PASS power cut: staging again after the cut completed, v2 booted from B and committed"
+    if [ "$step" != none ]; then
+        local watch
+        watch=$(ab_all timer-watch | tr '\n' ';')
+        [ -z "$(ab failed)" ] || { show; fail "boot $BOOT: the guest reported a failure"; }
+        expect "the update timer started trident-stage.service" "$watch" "*stage=activating*"
+        # The finalize window fires right after the stage (faster than the guest's
+        # watch polls): systemd's own status lines on the console show both.
+        local console
+        console=$(tr -d '\r' < "$LOG" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g')
+        grep -q "Finished trident-stage\.ser" <<< "$console" || { show; fail "boot $BOOT: trident-stage.service did not finish"; }
+        grep -q "Finished trident-finalize\." <<< "$console" || { show; fail "boot $BOOT: trident-finalize.service did not run"; }
+        rebooted
+        say "  the timers staged v5 and the finalize window rebooted (${watch%;})"
+    fi
+}
+# 11: trial boot of A (v5), the timers' update: committed.
+boot11() {
+    boot none "$REPORT_END" "$TIMEOUT"
+    check_booted v5 a
+    check_committed
+    expect "history" "$(history 1)" "commit-ab-update ab-update-finalized->provisioned"
+    expect "history" "$(history 2)" "finalize-ab-update ab-update-staged->ab-update-finalized"
+    expect "history" "$(history 3)" "stage-ab-update provisioned->ab-update-staged"
+    expect "image" "$(ab image-url)" "*/v5.cosi"
+    say "PASS timer: the update timer staged v5, the finalize timer rebooted into it, committed on A"
 }
 
 last=1
 wants update && last=3
 wants rollback && last=4
 wants failed && last=6
+wants broken-os && last=8
+wants power-cut && last=10
+wants timer && last=11
 BOOT=$((FIRST_BOOT - 1))
 for n in $(seq "$FIRST_BOOT" "$last"); do "boot$n"; done
 

@@ -11,6 +11,8 @@
 #   --serial ID      the first disk's virtio serial number (at most 20 characters): the
 #                    guest's udev names it /dev/disk/by-id/virtio-ID
 #   --expect REGEX   the boot passes only if the console log matches (grep -E)
+#   --kill-on REGEX  cut the power: SIGKILL QEMU as soon as the console log matches
+#                    (checked every 0.2 s); the boot then passes (exit 0) if it matched
 # One boot is one QEMU process: the guest powers off after reporting (its
 # trident-e2e-report unit), and -no-reboot turns a reboot or a panic into an exit.
 # Exit status: 0 booted (and matched), 1 QEMU failed, 2 no match, 124 timed out.
@@ -21,7 +23,7 @@ set -euo pipefail
 
 OVMF_CODE=${OVMF_CODE:-/usr/share/OVMF/OVMF_CODE_4M.fd}
 OVMF_VARS_TEMPLATE=${OVMF_VARS_TEMPLATE:-/usr/share/OVMF/OVMF_VARS_4M.fd}
-VARS='' LOG='' TIMEOUT=300 DISK2='' EXPECT='' SERIAL=''
+VARS='' LOG='' TIMEOUT=300 DISK2='' EXPECT='' SERIAL='' KILL_ON=''
 die() { echo "vm: $*" >&2; exit 1; }
 
 while [ $# -gt 0 ]; do
@@ -32,6 +34,7 @@ while [ $# -gt 0 ]; do
         --disk2) DISK2=$2; shift 2 ;;
         --expect) EXPECT=$2; shift 2 ;;
         --serial) SERIAL=$2; shift 2 ;;
+        --kill-on) KILL_ON=$2; shift 2 ;;
         -*) die "unknown option $1" ;;
         *) break ;;
     esac
@@ -70,15 +73,28 @@ pid=$!
 trap 'kill "$pid" 2>/dev/null || true' EXIT INT TERM
 
 status=0
+cut=no
 while kill -0 "$pid" 2>/dev/null; do
     if [ $((SECONDS - start)) -ge "$TIMEOUT" ]; then
         kill "$pid" 2>/dev/null || true
         status=124
         break
     fi
-    sleep 1
+    if [ -n "$KILL_ON" ]; then
+        if grep -aqE -- "$KILL_ON" "$LOG"; then
+            # A power cut: no shutdown, no flush of the guest's caches.
+            kill -KILL "$pid" 2>/dev/null || true
+            cut=yes
+            break
+        fi
+        sleep 0.2
+    else
+        sleep 1
+    fi
 done
-if [ $status -eq 0 ]; then
+if [ $cut = yes ]; then
+    wait "$pid" 2>/dev/null || true
+elif [ $status -eq 0 ]; then
     wait "$pid" || status=1
 else
     wait "$pid" 2>/dev/null || true
@@ -89,8 +105,18 @@ elapsed=$((SECONDS - start))
 if [ $status -eq 0 ] && [ -n "$EXPECT" ] && ! grep -qE -- "$EXPECT" "$LOG"; then
     status=2
 fi
+if [ $status -eq 0 ] && [ -n "$KILL_ON" ] && [ $cut = no ]; then
+    EXPECT=$KILL_ON # QEMU ended by itself before the console matched
+    status=2
+fi
 case $status in
-    0) echo "vm: $DISK booted in $elapsed s, console log: $LOG" ;;
+    0)
+        if [ $cut = yes ]; then
+            echo "vm: $DISK: power cut (QEMU killed) after $elapsed s, console log: $LOG"
+        else
+            echo "vm: $DISK booted in $elapsed s, console log: $LOG"
+        fi
+        ;;
     *)
         case $status in
             124) echo "vm: $DISK timed out after $elapsed s (QEMU pid $pid killed)" >&2 ;;
