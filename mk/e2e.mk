@@ -3,10 +3,10 @@
 #
 #   make e2e-guest   build (once per machine) the cached Debian 12 guest root
 #   make e2e-smoke   boot A, one-shot B, back to A under OVMF + systemd-boot (2-5.5 min)
-#   make e2e-ab      install + A/B update + rollback + failed update (ab-update.sh)
-#   make e2e         the whole VM suite: smoke, layered, ab-update (install, A/B update,
-#                    manual rollback, failed health check; ~7-12 min); further scenarios
-#                    of issue 7 are added to E2E_SCENARIOS as they land
+#   make e2e-ab      ab-update.sh alone: install, A/B update, manual rollback, failed
+#                    health check, kernel panic, power cut mid-stage, timer-driven update
+#                    (11 boots, ~12.5-20 min)
+#   make e2e         the whole VM suite: smoke, layered, ab-update (~20-30 min)
 
 E2E_DIR ?= tests/e2e
 E2E_PACKAGES ?= qemu-system-x86 ovmf debootstrap mtools dosfstools gdisk zstd python3-venv e2fsprogs fdisk binutils
