@@ -240,6 +240,17 @@ impl Datastore {
     /// write lock (so two processes cannot both move the state from the same source).
     /// A refused transition records nothing and returns the [`TridentError`].
     pub fn transition(&mut self, transition: Transition) -> Result<HistoryEntry> {
+        self.transition_with(transition, |_| {})
+    }
+
+    /// [`Datastore::transition`], then `observe` updates what this host observed
+    /// (e.g. its block device paths, which differ between the installer and the
+    /// installed OS) in the same record. It cannot change the servicing state.
+    pub fn transition_with(
+        &mut self,
+        transition: Transition,
+        observe: impl FnOnce(&mut HostStatus),
+    ) -> Result<HistoryEntry> {
         let operation = transition.name();
         let tx = self
             .conn
@@ -257,6 +268,12 @@ impl Datastore {
             .unwrap_or_default();
         let before = status.servicing_state;
         status.apply(transition).map_err(anyhow::Error::new)?;
+        let after = (status.servicing_state, status.active_volume);
+        observe(&mut status);
+        anyhow::ensure!(
+            (status.servicing_state, status.active_volume) == after,
+            "internal: a datastore observation changed the servicing state"
+        );
         let entry = append(&tx, operation, before, &status)?;
         tx.commit().context("committing to the datastore")?;
         tracing::info!(

@@ -372,3 +372,43 @@ fn racing_transitions_move_the_state_once() {
         .count();
     assert_eq!(finalizes, 1);
 }
+
+#[test]
+fn transition_with_records_observations_but_not_state_changes() {
+    let (_dir, mut ds) = fresh();
+    ds.transition(Transition::StageCleanInstall {
+        spec: spec(1),
+        image: image(1),
+        block_devices: BTreeMap::from([("root-a".into(), PathBuf::from("/dev/loop0p2"))]),
+    })
+    .unwrap();
+    ds.transition(Transition::FinalizeCleanInstall).unwrap();
+    // The installed OS sees its disk under another name than the installer did.
+    ds.transition_with(Transition::CommitCleanInstall { booted: A }, |hs| {
+        hs.block_devices = BTreeMap::from([("root-a".into(), PathBuf::from("/dev/vda2"))])
+    })
+    .unwrap();
+    let hs = ds.host_status().unwrap();
+    assert_eq!(hs.servicing_state, S::Provisioned);
+    assert_eq!(hs.block_devices["root-a"], PathBuf::from("/dev/vda2"));
+    assert_eq!(
+        ds.history(None).unwrap()[0].host_status.block_devices["root-a"],
+        PathBuf::from("/dev/vda2"),
+        "the history row has what was observed"
+    );
+    // An observation that would move the state is refused; nothing is recorded.
+    ds.transition(Transition::StageAbUpdate {
+        spec: spec(2),
+        image: image(2),
+    })
+    .unwrap();
+    let rows = ds.history(None).unwrap().len();
+    let err = ds
+        .transition_with(Transition::FinalizeAbUpdate, |hs| {
+            hs.servicing_state = S::Provisioned
+        })
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("observation"), "{err:#}");
+    assert_eq!(ds.history(None).unwrap().len(), rows);
+    assert_eq!(ds.host_status().unwrap().servicing_state, S::AbUpdateStaged);
+}

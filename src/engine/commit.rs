@@ -62,7 +62,9 @@ pub fn commit(ctx: &EngineContext) -> Result<CommitOutcome> {
     let boot = super::bootcfg::backend_for_layout(&hc, &layout, ctx)?;
     if state == ServicingState::CleanInstallFinalized {
         boot.set_default(boot_volume(booted))?;
-        store.transition(Transition::CommitCleanInstall { booted })?;
+        store.transition_with(Transition::CommitCleanInstall { booted }, |hs| {
+            hs.block_devices = layout.block_devices()
+        })?;
         markers::clear_trial(&ctx.host_root)?;
         tracing::info!(MESSAGE_ID = message_id::COMMITTED, volume = %booted, "clean install committed");
         return Ok(CommitOutcome::Committed(booted));
@@ -75,7 +77,7 @@ pub fn commit(ctx: &EngineContext) -> Result<CommitOutcome> {
         } else {
             Transition::CommitAbUpdate { booted }
         };
-        store.transition(t)?;
+        store.transition_with(t, |hs| hs.block_devices = layout.block_devices())?;
         markers::clear_trial(&ctx.host_root)?;
         // The old volume's pending marker: it will not be needed.
         let old = booted.other();
@@ -90,7 +92,7 @@ pub fn commit(ctx: &EngineContext) -> Result<CommitOutcome> {
         tracing::info!(MESSAGE_ID = message_id::COMMITTED, volume = %booted, "update committed");
         return Ok(CommitOutcome::Committed(booted));
     }
-    record_fallback(ctx, &mut store, booted, None)?;
+    record_fallback(ctx, &mut store, booted, None, &layout)?;
     Ok(CommitOutcome::RolledBack(booted))
 }
 
@@ -99,9 +101,12 @@ fn record_fallback(
     store: &mut Datastore,
     booted: AbVolume,
     error: Option<TridentError>,
+    layout: &layout::Layout,
 ) -> Result<()> {
     store
-        .transition(Transition::RecordFallback { booted, error })
+        .transition_with(Transition::RecordFallback { booted, error }, |hs| {
+            hs.block_devices = layout.block_devices()
+        })
         .context("recording the failed trial boot")?;
     markers::remove(&ctx.host_path(PENDING_MARKER))?;
     tracing::warn!(
@@ -125,7 +130,7 @@ pub fn record_rollback(ctx: &EngineContext) -> Result<CommitOutcome> {
     let booted = booted_volume(&hs.spec, &layout, ctx)?;
     match booted {
         Some(b) if Some(b) == hs.active_volume => {
-            record_fallback(ctx, &mut store, b, None)?;
+            record_fallback(ctx, &mut store, b, None, &layout)?;
             Ok(CommitOutcome::RolledBack(b))
         }
         _ => Err(TridentError::servicing(

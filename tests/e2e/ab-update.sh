@@ -336,6 +336,8 @@ check_booted() { # VERSION VOLUME(a|b)
     expect "LoaderEntryDefault" "$(ab entry-default)" "trident-$2.conf"
     expect "LoaderEntryOneShot" "$(ab entry-oneshot)" "-"
     expect "markers" "$(ab markers)" "trial=no pending=no"
+    # The Host Status names this machine's devices, not the installer's loop device.
+    expect "blockDevices" "$(ab_all status | sed -n 's/^  \(root-[ab]\): /\1=/p' | tr '\n' ' ')" "root-a=/dev/vda2 root-b=/dev/vda3 "
 }
 check_committed() { # this boot was a trial and commit ran
     expect "trident-commit.service" "$(ab 'unit trident-commit.service')" "ran=yes active=active result=success status=0"
