@@ -291,26 +291,18 @@ say "disk: root-a PARTUUID=$UUID_A, root-b PARTUUID=$UUID_B"
 # --- booting and checking ------------------------------------------------------------------
 BOOT=0
 LOG=''
-# boot STEP EXPECT TIMEOUT: one boot with STEP for the guest; QEMU must end by itself
-# and the console match EXPECT.
+# boot STEP EXPECT TIMEOUT [--kill-on]: one boot with STEP for the guest; QEMU must end
+# by itself and the console match EXPECT — or, with --kill-on, the host cuts the power
+# (QEMU killed) as soon as the console matches EXPECT.
 boot() {
     BOOT=$((BOOT + 1))
     LOG=$WORK/boot$BOOT.log
     set_step "$1"
     say "boot $BOOT (step: $1)"
+    local match=--expect
+    [ "${4:-}" != --kill-on ] || match=--kill-on
     "$HERE/vm.sh" --vars "$VARS" --log "$LOG" --timeout "$3" --serial "$SERIAL" \
-        --disk2 "$WORK/updates.img" --expect "$2" "$DISK" >&2 || fail "boot $BOOT"
-}
-# boot_cut STEP: one boot with STEP for the guest, whose power the host cuts (QEMU
-# killed) as soon as the guest says "power-cut-now".
-boot_cut() {
-    BOOT=$((BOOT + 1))
-    LOG=$WORK/boot$BOOT.log
-    set_step "$1"
-    say "boot $BOOT (step: $1)"
-    "$HERE/vm.sh" --vars "$VARS" --log "$LOG" --timeout "$STAGE_TIMEOUT" --serial "$SERIAL" \
-        --disk2 "$WORK/updates.img" --kill-on "TRIDENT-E2E: ab power-cut-now" "$DISK" >&2 \
-        || fail "boot $BOOT"
+        --disk2 "$WORK/updates.img" "$match" "$2" "$DISK" >&2 || fail "boot $BOOT"
 }
 # The value of "TRIDENT-E2E: ab KEY VALUE" (first one) in this boot's console log.
 ab_all() { grep -ao "TRIDENT-E2E: ab $1 .*" "$LOG" | tr -d '\r' | cut -c$((${#1} + 18))-; }
@@ -471,7 +463,7 @@ boot8() {
         say "PASS broken OS: v4's kernel panicked on the trial boot, A (v1) booted next, the rollback recorded"
     }
     if wants power-cut; then
-        boot_cut "power-cut v2"
+        boot "power-cut v2" "TRIDENT-E2E: ab power-cut-now" "$STAGE_TIMEOUT" --kill-on
         check_fallback_recorded
         expect "action" "$(ab action)" "stage v2 (the power will be cut)"
         [ -z "$(ab failed)" ] || { show; fail "boot $BOOT: the guest reported a failure"; }
