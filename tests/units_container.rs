@@ -677,6 +677,7 @@ fn bus_activation_and_stage_start_the_stage_unit() {
 
 const STAGE_PROBE: &str = r#"#!/bin/sh
 # Start the real stage unit and watch what `systemctl status` shows while it streams.
+systemctl show -p Wants -p After trident-stage.service > /results/stage-deps.txt
 systemctl start --no-block trident-stage.service
 i=0
 while [ $i -lt 600 ]; do
@@ -782,6 +783,13 @@ fn systemctl_start_stage_streams_into_the_inactive_volume() {
         b.read("stage-journal.txt"),
     );
     assert_eq!(b.exit, 0, "{d}");
+    // The configured image comes over HTTP: the generator made the unit wait for the
+    // network (a local image does not; the VM suite checks that side).
+    let deps = b.read("stage-deps.txt");
+    for key in ["Wants=", "After="] {
+        let line = deps.lines().find(|l| l.starts_with(key)).unwrap_or("");
+        assert!(line.contains("network-online.target"), "{deps}\n{d}");
+    }
     // The progress line, as an operator sees it.
     let status = b.read("stage-systemctl-status.txt");
     assert!(

@@ -345,3 +345,50 @@ fn cmdline_parsing() {
         ]
     );
 }
+
+#[test]
+fn stage_waits_for_the_network_only_for_remote_images() {
+    use super::network::{image_url, is_local, stage_needs_network, STAGE_SOURCES};
+    assert_eq!(
+        image_url("image:\n  url: https://x/os.cosi\n  sha384: ignored\n").unwrap(),
+        Some("https://x/os.cosi".into())
+    );
+    assert_eq!(image_url("os:\n  hostname: h\n").unwrap(), None);
+    assert!(image_url("image: [").is_err());
+    assert!(image_url("image:\n  url: [1]\n").is_err());
+    for local in ["file:///var/os.cosi", "FILE:/os.cosi", "/srv/os.cosi"] {
+        assert!(is_local(local), "{local}");
+    }
+    for remote in ["https://h/os.cosi", "http://h/x", "oci://r/os:1", "os.cosi"] {
+        assert!(!is_local(remote), "{remote}");
+    }
+    let [config, request] = STAGE_SOURCES;
+    let need = |c: Marker<Option<String>>, r: Marker<Option<String>>| {
+        stage_needs_network(&[(config, c), (request, r)]).0
+    };
+    let url = |u: &str| Marker::Present(Some(u.to_string()));
+    assert!(!need(Marker::Absent, Marker::Absent));
+    assert!(!need(url("file:///os.cosi"), Marker::Absent));
+    assert!(!need(Marker::Present(None), Marker::Absent));
+    assert!(need(url("https://h/os.cosi"), Marker::Absent));
+    assert!(need(url("file:///os.cosi"), url("oci://r/os:2")));
+    // Unreadable: assume the network is needed (late is safe, early is not).
+    assert!(need(Marker::Invalid("bad yaml".into()), Marker::Absent));
+}
+
+#[test]
+fn stage_network_dropin_is_written_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path();
+    output::write_stage_network(true, out).unwrap();
+    output::write_stage_network(true, out).unwrap();
+    let t = tree(out);
+    let dropin = "trident-stage.service.d/50-trident-generator.conf";
+    assert!(
+        t[dropin].contains("Wants=network-online.target\nAfter=network-online.target"),
+        "{t:?}"
+    );
+    output::write_stage_network(false, out).unwrap();
+    output::write_stage_network(false, out).unwrap();
+    assert!(!tree(out).contains_key(dropin), "{:?}", tree(out));
+}

@@ -116,6 +116,9 @@ case $step in
             fail "stage"
         }
         say "stage-seconds $(($(date +%s) - start))"
+        # trident-generator orders the stage after network-online.target only for
+        # images that come over the network (docs/units.md, "Network").
+        say "stage-network $(systemctl show -P After trident-stage.service | tr ' ' '\n' | grep -qx network-online.target && echo yes || echo no)"
         # (The finished stage unit is unloaded at once: its properties say nothing.)
         say "stage-journal staged=$(journalctl -b -o cat MESSAGE_ID=4f6e0c1a8b2d4c3e9a7f1b2c3d4e5f60 | wc -l)"
         # Where the stage's time went (the engine's log, with monotonic time stamps).

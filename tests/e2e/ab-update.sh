@@ -118,11 +118,11 @@ ln -sf ../trident-e2e-ab.service \
 # everything).
 ln -sf /dev/null "$stage/etc/systemd/system/trident-update.timer"
 ln -sf /dev/null "$stage/etc/systemd/system/trident-finalize.timer"
-# The VM has no network device (-nic none), but the first boot's presets enable
-# systemd-networkd and its wait-online service, which then holds network-online.target
-# for its whole 120 s timeout; trident-stage.service wants and orders after that target
-# (for http/oci sources), so every stage would start 2 minutes late.
-ln -sf /dev/null "$stage/etc/systemd/system/systemd-networkd-wait-online.service"
+# Not masked: systemd-networkd-wait-online.service. The VM has no network device
+# (-nic none) and the first boot's presets enable networkd and its wait-online service,
+# which holds network-online.target for its whole 120 s timeout — a host whose network
+# never comes online. The images are local files, so trident-generator must not make
+# trident-stage.service wait for that target (each stage asserts it does not).
 # The serial getty shares ttyS0 with the report lines, and its terminal reset at
 # start-up can swallow lines written at that moment (seen once in smoke.sh); nobody logs
 # in to this guest (root is locked), so it is masked here.
@@ -343,6 +343,7 @@ check_staged_and_finalized() { # VERSION: the boot staged VERSION and called Fin
     expect "STAGED milestones" "$(ab stage-journal)" "staged=1"
     expect "staged stamp" "$(ab staged-stamp)" yes
     expect "staged state" "$(ab_all staged-status | tr '\n' ' ')" "servicingState: ab-update-staged *"
+    expect "stage ordered after network-online.target (a file:// image)" "$(ab stage-network)" no
     expect "Finalize over D-Bus" "$(ab finalize-call)" ok
     [ -z "$(ab failed)" ] || { show; fail "boot $BOOT: the guest reported a failure"; }
     rebooted
