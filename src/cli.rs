@@ -855,8 +855,81 @@ fn rollback(runtime: bool, check: bool, args: &EngineArgs) -> Result<()> {
 
 fn internal_stage(requests: &[PathBuf], config: &Path, args: &EngineArgs) -> Result<()> {
     with_request(requests, config, |path| {
+        if std::env::var_os("INVOCATION_ID").is_some() {
+            wait_for_network_if_remote(path);
+        }
         update(path, &[Operation::Stage], args)
     })
+}
+
+/// How long staging waits for `network-online.target` at the most (systemd's own
+/// wait-online services give up after 2 min).
+const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Under systemd (`trident-stage.service`): when the image to stage comes over the
+/// network, start `network-online.target` and wait for it, bounded. The unit itself is
+/// ordered only after `network.target`, so a local image never waits for a network that
+/// may never come (an offline site: 2 min of systemd-networkd-wait-online per stage).
+/// Decided here, on the request actually staged (a D-Bus request, a persistent one, or
+/// the configuration), not at boot. Best effort: if the network does not come, the
+/// HTTP/OCI source retries and fails with its own error.
+fn wait_for_network_if_remote(hc_path: &Path) {
+    let Ok(hc) = load_config(hc_path) else {
+        return; // `update` reports the error
+    };
+    let Some(url) = hc.image.as_ref().map(|i| &i.url) else {
+        return;
+    };
+    if !crate::cosi::open::is_remote(url) {
+        return;
+    }
+    tracing::info!(
+        image = %crate::cosi::http::redact(url),
+        "waiting for network-online.target: the image comes over the network"
+    );
+    let started = std::time::Instant::now();
+    let mut child = match std::process::Command::new("systemctl")
+        .args(["start", "network-online.target"])
+        .stdin(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot run systemctl to wait for the network: {e}");
+            return;
+        }
+    };
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => {
+                tracing::info!(
+                    seconds = started.elapsed().as_secs(),
+                    "network-online.target reached"
+                );
+                return;
+            }
+            Ok(Some(status)) => {
+                tracing::warn!(
+                    "network-online.target did not start ({status}); trying the image anyway"
+                );
+                return;
+            }
+            Ok(None) if started.elapsed() >= NETWORK_WAIT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                tracing::warn!(
+                    "network-online.target not reached within {} s; trying the image anyway",
+                    NETWORK_WAIT.as_secs()
+                );
+                return;
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(200)),
+            Err(e) => {
+                tracing::warn!("waiting for systemctl: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// Run `f` on the first existing request file (then remove it), else on `config`.

@@ -44,6 +44,14 @@ pub fn open_source(url_or_path: &str, opts: &SourceOptions) -> Result<Box<dyn So
     Ok(Box::new(FileSource::new(s)?))
 }
 
+/// Whether [`open_source`] would fetch `url_or_path` over the network (http(s), oci).
+pub fn is_remote(url_or_path: &str) -> bool {
+    let s = url_or_path.trim();
+    ["http://", "https://", "oci://"]
+        .iter()
+        .any(|p| s.starts_with(p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -63,5 +71,20 @@ mod tests {
         assert!(e.to_string().contains("source-scheme-unsupported"), "{e}");
         assert!(open_source("file://other/x", &o).is_err());
         assert!(open_source(&dir.path().join("missing").display().to_string(), &o).is_err());
+    }
+
+    #[test]
+    fn remote_sources() {
+        for u in [
+            "https://h/a.cosi",
+            "http://h/a",
+            "oci://r/os:1",
+            " https://h/x",
+        ] {
+            assert!(is_remote(u), "{u}");
+        }
+        for u in ["file:///a.cosi", "/srv/a.cosi", "a.cosi", "ftp://h/a"] {
+            assert!(!is_remote(u), "{u}");
+        }
     }
 }

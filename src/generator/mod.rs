@@ -6,13 +6,11 @@
 //! - [`markers`] — the marker-file contract with the engine (paths, JSON types).
 //! - [`decide`]  — [`decide::decide`], a pure function from [`decide::Inputs`].
 //! - [`output`]  — writes a [`decide::Decision`] into the output directory.
-//! - [`network`] — whether `trident-stage.service` waits for `network-online.target`.
 //!
 //! It never fails the boot: any error is logged to `/dev/kmsg` and nothing is wired.
 
 pub mod decide;
 pub mod markers;
-pub mod network;
 pub mod output;
 
 #[cfg(test)]
@@ -179,26 +177,6 @@ pub fn main(args: &[String]) -> i32 {
             ),
         );
         remove_partial_output(normal, &src.kmsg);
-    }
-    // Independent of the trial wiring: an error above must not make staging skip the
-    // network it needs.
-    let sources: Vec<(&str, decide::Marker<Option<String>>)> = network::STAGE_SOURCES
-        .iter()
-        .map(|rel| (*rel, network::read_source(&src.root.join(rel))))
-        .collect();
-    let (wait, why) = network::stage_needs_network(&sources);
-    if let Err(e) = output::write_stage_network(wait, normal) {
-        kmsg(
-            &src.kmsg,
-            3,
-            &format!("trident-stage.service network ordering: {e:#}"),
-        );
-    } else if wait {
-        kmsg(
-            &src.kmsg,
-            7,
-            &format!("staging waits for network-online.target: {why}"),
-        );
     }
     0
 }

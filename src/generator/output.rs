@@ -87,22 +87,6 @@ pub fn write_output(decision: &Decision, normal_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Add (`wait`) or remove the drop-in that orders `trident-stage.service` after
-/// `network-online.target` ([`super::network`]).
-pub fn write_stage_network(wait: bool, normal_dir: &Path) -> Result<()> {
-    const UNIT: &str = "trident-stage.service";
-    if wait {
-        return dropin(normal_dir, UNIT, super::network::NETWORK_DROPIN);
-    }
-    let path = normal_dir.join(format!("{UNIT}.d")).join(DROPIN_NAME);
-    match fs::remove_file(&path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Escape a value for a double-quoted unit file assignment: `%` specifiers, `\` and `"`.
 fn quote_value(v: &str) -> Result<String> {
     if v.chars().any(|c| c.is_control()) {
