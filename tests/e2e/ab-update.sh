@@ -227,9 +227,11 @@ if [ "$FIRST_BOOT" = 1 ]; then
         hc "file:///run/trident-e2e/images/$v.cosi" "${SHA[$v]}" > "$upd/hc-$v.yaml"
     done
     echo none > "$upd/step"
-    upd_mb=$(($(du -sm "$upd" | cut -f1) + 32))
+    # Room for ext4's own metadata (journal, inode tables: ~8 % here) and the step file.
+    upd_mb=$(($(du -sm "$upd" | cut -f1) * 11 / 10 + 64))
     rm -f "$WORK/updates.img"
-    mke2fs -q -F -t ext4 -L e2e-images -d "$upd" "$WORK/updates.img" "${upd_mb}M"
+    mke2fs -q -F -t ext4 -L e2e-images -d "$upd" "$WORK/updates.img" "${upd_mb}M" \
+        || fail "making the update disk (${upd_mb} MiB for $(du -sm "$upd" | cut -f1) MiB of files)"
     rm -rf "$upd"
 fi
 set_step() { # the guest reads it at its next boot
