@@ -488,6 +488,7 @@ fn run(cli: Cli) -> Result<()> {
                 config,
                 engine,
             } => with_request(&request, &config, |path| {
+                wait_for_network_if_remote(path);
                 install(
                     path,
                     &[Operation::Stage, Operation::Finalize],
@@ -855,9 +856,7 @@ fn rollback(runtime: bool, check: bool, args: &EngineArgs) -> Result<()> {
 
 fn internal_stage(requests: &[PathBuf], config: &Path, args: &EngineArgs) -> Result<()> {
     with_request(requests, config, |path| {
-        if std::env::var_os("INVOCATION_ID").is_some() {
-            wait_for_network_if_remote(path);
-        }
+        wait_for_network_if_remote(path);
         update(path, &[Operation::Stage], args)
     })
 }
@@ -866,16 +865,24 @@ fn internal_stage(requests: &[PathBuf], config: &Path, args: &EngineArgs) -> Res
 /// wait-online services give up after 2 min).
 const NETWORK_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
-/// Under systemd (`trident-stage.service`): when the image to stage comes over the
-/// network, start `network-online.target` and wait for it, bounded. The unit itself is
-/// ordered only after `network.target`, so a local image never waits for a network that
-/// may never come (an offline site: 2 min of systemd-networkd-wait-online per stage).
-/// Decided here, on the request actually staged (a D-Bus request, a persistent one, or
-/// the configuration), not at boot. Best effort: if the network does not come, the
-/// HTTP/OCI source retries and fails with its own error.
+/// Under systemd (`trident-stage.service`, `trident-install.service`): when the image
+/// comes over the network, start `network-online.target` and wait for it, bounded. The
+/// units are ordered only after `network.target`, so a local image never waits for a
+/// network that may never come (an offline site: 2 min of
+/// systemd-networkd-wait-online per stage). Decided here, on the request actually
+/// served (a D-Bus request, a persistent one, or the configuration), not at boot. Best
+/// effort: if the network does not come, the HTTP/OCI source retries and fails with its
+/// own error.
 fn wait_for_network_if_remote(hc_path: &Path) {
-    let Ok(hc) = load_config(hc_path) else {
-        return; // `update` reports the error
+    if std::env::var_os("INVOCATION_ID").is_none() {
+        return; // not a systemd service: the operator's shell has its network
+    }
+    // The verb reads, validates and reports on the file itself (warnings included).
+    let Ok(text) = read_config(hc_path) else {
+        return;
+    };
+    let Ok((hc, _)) = crate::config::parse_and_validate(&text) else {
+        return;
     };
     let Some(url) = hc.image.as_ref().map(|i| &i.url) else {
         return;
