@@ -457,12 +457,17 @@ fn stage_killed_at_random_points() {
     let mut seed = std::process::id() as u64 ^ 0x9e37_79b9_7f4a_7c15;
     let mut killed = 0;
     let mut runs = 0;
-    while killed < 30 && runs < 60 {
+    // The kill point is drawn from [0, full). A stage that finished before its kill
+    // narrows `full` to the shortest whole stage seen, so a slow first measurement (a
+    // busy machine) cannot make most kills land after the end.
+    let mut full = full;
+    while killed < 30 && runs < 150 {
         runs += 1;
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
         let delay = Duration::from_micros(seed % (full.as_micros() as u64).max(1));
+        let started = Instant::now();
         let mut child = stage_cmd().spawn().unwrap();
         std::thread::sleep(delay);
         let _ = nix::sys::signal::kill(
@@ -471,6 +476,7 @@ fn stage_killed_at_random_points() {
         );
         let status = child.wait().unwrap();
         if status.success() {
+            full = full.min(started.elapsed());
             cancel(&host);
             continue;
         }
