@@ -116,9 +116,11 @@ impl Host {
         }
     }
 
-    /// A source image file with this content; returns its URL and SHA-384.
+    /// A source image file with this content (`file` may name a subdirectory);
+    /// returns its URL and SHA-384.
     fn image(&self, file: &str, content: &[u8]) -> (String, String) {
         let p = self.src.join(file);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, content).unwrap();
         (format!("file://{}", p.display()), sha(content))
     }
@@ -262,15 +264,7 @@ fn merge_failure_after_exit_0_puts_every_file_back() {
     // v2 replaces a's content in place, drops b, adds c and writes netplan; the tool
     // "refreshes" with exit 0 but skips c (like systemd-sysext skipping an image whose
     // extension-release does not match).
-    let (a2_url, a2_sha) = {
-        let p = h.src.join("v2");
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(p.join("a.raw"), b"image a v2").unwrap();
-        (
-            format!("file://{}", p.join("a.raw").display()),
-            sha(b"image a v2"),
-        )
-    };
+    let (a2_url, a2_sha) = h.image("v2/a.raw", b"image a v2");
     let c = h.image("c.raw", b"image c v1");
     let v2 = h.spec(&[(a2_url, a2_sha), c], Some("version: 2\n"));
     tool.refused.borrow_mut().insert("c".into());
@@ -599,15 +593,7 @@ fn an_interrupted_runtime_update_is_put_back() {
     let v1 = h.spec(&[a.clone(), k.clone()], None);
     runtime::update_with(&v1, &h.ctx, &tool).unwrap();
     // A run of v2 (a replaced, c added, netplan) killed after placing part of it.
-    let (a2_url, a2_sha) = {
-        let p = h.src.join("v2");
-        std::fs::create_dir_all(&p).unwrap();
-        std::fs::write(p.join("a.raw"), b"image a v2").unwrap();
-        (
-            format!("file://{}", p.join("a.raw").display()),
-            sha(b"image a v2"),
-        )
-    };
+    let (a2_url, a2_sha) = h.image("v2/a.raw", b"image a v2");
     let c = h.image("c.raw", b"image c v1");
     let v2 = h.spec(&[(a2_url, a2_sha), k, c], Some("version: 2\n"));
     h.store()

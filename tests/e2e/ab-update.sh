@@ -342,13 +342,27 @@ check_no_trial() {
     expect "trident-commit.service" "$(ab 'unit trident-commit.service')" "ran=no *"
     expect "trident-health.target" "$(ab 'unit trident-health.target')" "ran=no active=inactive *"
 }
+check_no_failure() { # the guest's step did not report a failure
+    [ -z "$(ab failed)" ] || { show; fail "boot $BOOT: the guest reported a failure"; }
+}
+# A (v1) booted after a failed trial and recorded it: the code of lastError, the two
+# newest history rows.
+check_fallback() { # LAST_ERROR_CODE HISTORY1 HISTORY2
+    check_booted v1 a
+    expect "trident-record-rollback.service" "$(ab 'unit trident-record-rollback.service')" "ran=yes active=active result=success status=0"
+    expect "ROLLED_BACK milestones" "$(ab journal)" "committed=0 rolled-back=1"
+    expect "last error" "$(ab_all last-error | tr '\n' ' ')" "*code: $1 *"
+    expect "history" "$(history 1)" "$2"
+    expect "history" "$(history 2)" "$3"
+    expect "image" "$(ab image-url)" "*/v1.cosi"
+}
 check_staged_and_finalized() { # VERSION: the boot staged VERSION and called Finalize
     expect "STAGED milestones" "$(ab stage-journal)" "staged=1"
     expect "staged stamp" "$(ab staged-stamp)" yes
     expect "staged state" "$(ab_all staged-status | tr '\n' ' ')" "servicingState: ab-update-staged *"
     expect "stage waited for network-online.target (a file:// image)" "$(ab stage-network-waits)" 0
     expect "Finalize over D-Bus" "$(ab finalize-call)" ok
-    [ -z "$(ab failed)" ] || { show; fail "boot $BOOT: the guest reported a failure"; }
+    check_no_failure
     rebooted
     say "  staged $1 in $(ab stage-seconds) s, finalized over D-Bus, rebooted"
 }
@@ -435,13 +449,9 @@ boot6() {
     local step
     step=$(next_step "update v4-panic" broken-os)
     boot_for "$step"
-    check_booted v1 a
-    expect "trident-record-rollback.service" "$(ab 'unit trident-record-rollback.service')" "ran=yes active=active result=success status=0"
-    expect "ROLLED_BACK milestones" "$(ab journal)" "committed=0 rolled-back=1"
-    expect "last error" "$(ab_all last-error | tr '\n' ' ')" "*code: health-check-failed *"
-    expect "history" "$(history 1)" "record-fallback ab-update-health-check-failed->provisioned"
-    expect "history" "$(history 2)" "health-check-failed ab-update-finalized->ab-update-health-check-failed"
-    expect "image" "$(ab image-url)" "*/v1.cosi"
+    check_fallback health-check-failed \
+        "record-fallback ab-update-health-check-failed->provisioned" \
+        "health-check-failed ab-update-finalized->ab-update-health-check-failed"
     say "PASS failed update: v3's health check failed, B was not committed, A (v1) booted, the failure recorded"
     [ "$step" = none ] || check_staged_and_finalized v4-panic
 }
@@ -457,25 +467,19 @@ boot7() {
 }
 # 8: the firmware's default, A (v1), records the automatic rollback.
 boot8() {
-    check_fallback_recorded() {
-        check_booted v1 a
-        expect "trident-record-rollback.service" "$(ab 'unit trident-record-rollback.service')" "ran=yes active=active result=success status=0"
-        expect "ROLLED_BACK milestones" "$(ab journal)" "committed=0 rolled-back=1"
-        expect "last error" "$(ab_all last-error | tr '\n' ' ')" "*code: trial-boot-failed *"
-        expect "history" "$(history 1)" "record-fallback ab-update-finalized->provisioned"
-        expect "history" "$(history 2)" "finalize-ab-update ab-update-staged->ab-update-finalized"
-        expect "image" "$(ab image-url)" "*/v1.cosi"
-        say "PASS broken OS: v4's kernel panicked on the trial boot, A (v1) booted next, the rollback recorded"
-    }
     if wants power-cut; then
         boot "power-cut v2" "TRIDENT-E2E: ab power-cut-now" "$STAGE_TIMEOUT" --kill-on
-        check_fallback_recorded
-        expect "action" "$(ab action)" "stage v2 (the power will be cut)"
-        [ -z "$(ab failed)" ] || { show; fail "boot $BOOT: the guest reported a failure"; }
-        say "  power cut while staging v2 ($(ab power-cut-now))"
     else
         boot none "$REPORT_END" "$TIMEOUT"
-        check_fallback_recorded
+    fi
+    check_fallback trial-boot-failed \
+        "record-fallback ab-update-finalized->provisioned" \
+        "finalize-ab-update ab-update-staged->ab-update-finalized"
+    say "PASS broken OS: v4's kernel panicked on the trial boot, A (v1) booted next, the rollback recorded"
+    if wants power-cut; then
+        expect "action" "$(ab action)" "stage v2 (the power will be cut)"
+        check_no_failure
+        say "  power cut while staging v2 ($(ab power-cut-now))"
     fi
 }
 # 9: after the power cut: A (v1), healthy, nothing staged; stage v2 again and finalize.
@@ -502,7 +506,7 @@ boot10() {
     if [ "$step" != none ]; then
         local watch
         watch=$(ab_all timer-watch | tr '\n' ';')
-        [ -z "$(ab failed)" ] || { show; fail "boot $BOOT: the guest reported a failure"; }
+        check_no_failure
         expect "the update timer started trident-stage.service" "$watch" "*stage=activating*"
         # The finalize window fires right after the stage (faster than the guest's
         # watch polls): systemd's own status lines on the console show both.
