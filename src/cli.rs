@@ -496,9 +496,11 @@ fn run(cli: Cli) -> Result<()> {
                     false,
                 )
             }),
-            InternalCommand::Rollback { runtime, engine } => {
+            InternalCommand::Rollback {
+                runtime,
+                mut engine,
+            } => {
                 // The unit reboots after an A/B rollback; the verb never does.
-                let mut engine = engine;
                 engine.no_reboot = true;
                 rollback(runtime, false, &engine)
             }

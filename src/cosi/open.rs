@@ -27,7 +27,7 @@ pub fn open_source(url_or_path: &str, opts: &SourceOptions) -> Result<Box<dyn So
         };
         return Ok(Box::new(FileSource::new(&path)?));
     }
-    if s.starts_with("http://") || s.starts_with("https://") {
+    if is_http(s) {
         return Ok(Box::new(HttpSource::open(s, opts).with_context(|| {
             format!("opening {}", crate::cosi::http::redact(s))
         })?));
@@ -47,9 +47,11 @@ pub fn open_source(url_or_path: &str, opts: &SourceOptions) -> Result<Box<dyn So
 /// Whether [`open_source`] would fetch `url_or_path` over the network (http(s), oci).
 pub fn is_remote(url_or_path: &str) -> bool {
     let s = url_or_path.trim();
-    ["http://", "https://", "oci://"]
-        .iter()
-        .any(|p| s.starts_with(p))
+    is_http(s) || s.starts_with("oci://")
+}
+
+fn is_http(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
 }
 
 #[cfg(test)]

@@ -62,9 +62,11 @@ pub fn commit(ctx: &EngineContext) -> Result<CommitOutcome> {
     let boot = super::bootcfg::backend_for_layout(&hc, &layout, ctx)?;
     if state == ServicingState::CleanInstallFinalized {
         boot.set_default(boot_volume(booted))?;
-        store.transition_with(Transition::CommitCleanInstall { booted }, |hs| {
-            hs.block_devices = layout.block_devices()
-        })?;
+        record(
+            &mut store,
+            Transition::CommitCleanInstall { booted },
+            &layout,
+        )?;
         markers::clear_trial(&ctx.host_root)?;
         tracing::info!(MESSAGE_ID = message_id::COMMITTED, volume = %booted, "clean install committed");
         return Ok(CommitOutcome::Committed(booted));
@@ -77,7 +79,7 @@ pub fn commit(ctx: &EngineContext) -> Result<CommitOutcome> {
         } else {
             Transition::CommitAbUpdate { booted }
         };
-        store.transition_with(t, |hs| hs.block_devices = layout.block_devices())?;
+        record(&mut store, t, &layout)?;
         markers::clear_trial(&ctx.host_root)?;
         // The old volume's pending marker: it will not be needed.
         let old = booted.other();
@@ -92,22 +94,28 @@ pub fn commit(ctx: &EngineContext) -> Result<CommitOutcome> {
         tracing::info!(MESSAGE_ID = message_id::COMMITTED, volume = %booted, "update committed");
         return Ok(CommitOutcome::Committed(booted));
     }
-    record_fallback(ctx, &mut store, booted, None, &layout)?;
+    record_fallback(ctx, &mut store, booted, &layout)?;
     Ok(CommitOutcome::RolledBack(booted))
+}
+
+/// Record `transition` together with the device paths of this, the booted, host (the
+/// installer recorded its own, e.g. a loop device).
+fn record(store: &mut Datastore, transition: Transition, layout: &layout::Layout) -> Result<()> {
+    store.transition_with(transition, |hs| hs.block_devices = layout.block_devices())?;
+    Ok(())
 }
 
 fn record_fallback(
     ctx: &EngineContext,
     store: &mut Datastore,
     booted: AbVolume,
-    error: Option<TridentError>,
     layout: &layout::Layout,
 ) -> Result<()> {
-    store
-        .transition_with(Transition::RecordFallback { booted, error }, |hs| {
-            hs.block_devices = layout.block_devices()
-        })
-        .context("recording the failed trial boot")?;
+    let fallback = Transition::RecordFallback {
+        booted,
+        error: None,
+    };
+    record(store, fallback, layout).context("recording the failed trial boot")?;
     markers::remove(&ctx.host_path(PENDING_MARKER))?;
     tracing::warn!(
         MESSAGE_ID = message_id::ROLLED_BACK,
@@ -130,7 +138,7 @@ pub fn record_rollback(ctx: &EngineContext) -> Result<CommitOutcome> {
     let booted = booted_volume(&hs.spec, &layout, ctx)?;
     match booted {
         Some(b) if Some(b) == hs.active_volume => {
-            record_fallback(ctx, &mut store, b, None, &layout)?;
+            record_fallback(ctx, &mut store, b, &layout)?;
             Ok(CommitOutcome::RolledBack(b))
         }
         _ => Err(TridentError::servicing(

@@ -115,9 +115,10 @@ impl EngineContext {
         Ok(())
     }
 
-    /// A path of the running OS (`rel` without a leading `/`).
-    pub(crate) fn host_path(&self, rel: &str) -> PathBuf {
-        self.host_root.join(rel.trim_start_matches('/'))
+    /// A path of the running OS: `path` (absolute or relative) under the host root.
+    pub(crate) fn host_path(&self, path: impl AsRef<Path>) -> PathBuf {
+        let path = path.as_ref();
+        self.host_root.join(path.strip_prefix("/").unwrap_or(path))
     }
 }
 

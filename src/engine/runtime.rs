@@ -26,7 +26,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-/// The netplan file install's configure step writes (relative to the host root).
 /// Suffix of a downloaded image before it is verified and put in place.
 const NEW_SUFFIX: &str = ".trident-new";
 /// Suffix of a replaced or dropped image kept until the update succeeded.
@@ -110,7 +109,7 @@ impl Systemd {
 }
 
 /// Whether this process's mount namespace differs from PID 1's (a sandboxed unit).
-pub fn in_private_mount_namespace() -> bool {
+fn in_private_mount_namespace() -> bool {
     match (
         fs::read_link("/proc/self/ns/mnt"),
         fs::read_link("/proc/1/ns/mnt"),
@@ -147,7 +146,7 @@ impl ExtensionTool for Systemd {
 /// The names listed in `HIERARCHY/.systemd-sysext/extensions` (`.systemd-confext` for
 /// confexts) under `root`: what `systemd-sysext status` reports. The marker only exists
 /// inside a merged hierarchy (it lives in the overlay's top layer).
-pub fn merged_from_markers(kind: ExtensionKind, root: &Path) -> Result<BTreeSet<String>> {
+fn merged_from_markers(kind: ExtensionKind, root: &Path) -> Result<BTreeSet<String>> {
     let (hierarchies, marker): (&[&str], &str) = match kind {
         ExtensionKind::Sysext => (&["usr", "opt"], ".systemd-sysext/extensions"),
         ExtensionKind::Confext => (&["etc"], ".systemd-confext/extensions"),
@@ -166,7 +165,7 @@ pub fn merged_from_markers(kind: ExtensionKind, root: &Path) -> Result<BTreeSet<
 
 /// The extension names in `systemd-sysext status --json=short` output: one object per
 /// hierarchy, `extensions` either `"none"` or a list of names.
-pub fn parse_status(json: &str) -> Result<BTreeSet<String>> {
+fn parse_status(json: &str) -> Result<BTreeSet<String>> {
     let v: serde_json::Value = serde_json::from_str(json.trim()).context("parsing JSON")?;
     let mut names = BTreeSet::new();
     for h in v.as_array().context("expected a JSON array")? {
@@ -198,7 +197,7 @@ pub struct Placement {
 
 /// Where `e` goes: its `path`, else the kind's default directory plus the URL's last
 /// path segment (`.raw` appended when missing).
-pub fn placement(kind: ExtensionKind, e: &Extension) -> Result<Placement, TridentError> {
+fn placement(kind: ExtensionKind, e: &Extension) -> Result<Placement, TridentError> {
     let path = match &e.path {
         Some(p) => p.clone(),
         None => {
@@ -248,7 +247,7 @@ pub fn placement(kind: ExtensionKind, e: &Extension) -> Result<Placement, Triden
 }
 
 /// All extension placements of a spec, sysexts first.
-pub fn placements(hc: &HostConfiguration) -> Result<Vec<Placement>, TridentError> {
+fn placements(hc: &HostConfiguration) -> Result<Vec<Placement>, TridentError> {
     let mut out = Vec::new();
     for kind in [ExtensionKind::Sysext, ExtensionKind::Confext] {
         for e in kind.of(hc) {
@@ -280,7 +279,7 @@ impl RuntimeChanges {
             ..Default::default()
         };
         for n in &new_p {
-            if old_p.iter().any(|o| o == n) {
+            if old_p.contains(n) {
                 c.keep.push(n.clone());
             } else {
                 c.fetch.push(n.clone());
@@ -357,15 +356,38 @@ pub fn update_with(
     let changes = RuntimeChanges::between(&hs.spec, hc)?;
     tracing::info!(%changes, "runtime update");
     store.transition(Transition::StageRuntimeUpdate { spec: hc.clone() })?;
-    match apply(hc, &changes, ctx, tool) {
+    apply_recorded(
+        &mut store,
+        hc,
+        &changes,
+        ctx,
+        tool,
+        Transition::CommitRuntimeUpdate,
+        "runtime-update-failed",
+    )?;
+    tracing::info!("runtime update applied");
+    Ok(changes)
+}
+
+/// After the stage transition: apply `changes` towards `spec`; on success record
+/// `commit` and drop the backups, on failure put every file back and record that.
+fn apply_recorded(
+    store: &mut Datastore,
+    spec: &HostConfiguration,
+    changes: &RuntimeChanges,
+    ctx: &EngineContext,
+    tool: &dyn ExtensionTool,
+    commit: Transition,
+    failed_code: &str,
+) -> Result<()> {
+    match apply(spec, changes, ctx, tool) {
         Ok(backups) => {
-            store.transition(Transition::CommitRuntimeUpdate)?;
+            store.transition(commit)?;
             remove_backups(&backups);
-            tracing::info!("runtime update applied");
-            Ok(changes)
+            Ok(())
         }
         Err(e) => {
-            revert_record(&mut store, &e, "runtime-update-failed")?;
+            revert_record(store, &e, failed_code)?;
             Err(e)
         }
     }
@@ -436,18 +458,17 @@ pub fn rollback_runtime_with(
     store.transition(Transition::StageManualRollbackRuntime {
         spec: target.clone(),
     })?;
-    match apply(&target, &plan.changes, ctx, tool) {
-        Ok(backups) => {
-            store.transition(Transition::CommitManualRollbackRuntime)?;
-            remove_backups(&backups);
-            tracing::info!("runtime rollback applied");
-            Ok(plan)
-        }
-        Err(e) => {
-            revert_record(&mut store, &e, "runtime-rollback-failed")?;
-            Err(e)
-        }
-    }
+    apply_recorded(
+        &mut store,
+        &target,
+        &plan.changes,
+        ctx,
+        tool,
+        Transition::CommitManualRollbackRuntime,
+        "runtime-rollback-failed",
+    )?;
+    tracing::info!("runtime rollback applied");
+    Ok(plan)
 }
 
 fn is_runtime_staged(state: ServicingState) -> bool {
@@ -482,7 +503,7 @@ pub fn recover_interrupted(
     let old_p = placements(&previous)?;
     let new_p = placements(&hs.spec)?;
     for p in old_p.iter().chain(&new_p) {
-        let path = host(root, &p.path);
+        let path = ctx.host_path(&p.path);
         let _ = fs::remove_file(sibling(&path, NEW_SUFFIX));
         let backup = sibling(&path, OLD_SUFFIX);
         let touched = !(old_p.contains(p) && new_p.contains(p));
@@ -496,7 +517,7 @@ pub fn recover_interrupted(
         }
     }
     if previous.os.netplan != hs.spec.os.netplan {
-        let file = root.join(NETPLAN_FILE.trim_start_matches('/'));
+        let file = ctx.host_path(NETPLAN_FILE);
         match &previous.os.netplan {
             Some(v) => write_netplan(root, v)?,
             None => {
@@ -622,10 +643,6 @@ fn remove_backups(backups: &[PathBuf]) {
     }
 }
 
-fn host(root: &Path, abs: &Path) -> PathBuf {
-    root.join(abs.strip_prefix("/").unwrap_or(abs))
-}
-
 fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let name = path
         .file_name()
@@ -640,7 +657,7 @@ fn download_all(
     out: &mut Vec<(Placement, PathBuf)>,
 ) -> Result<()> {
     for p in &changes.fetch {
-        let dest = host(&ctx.host_root, &p.path);
+        let dest = ctx.host_path(&p.path);
         if dest.is_file() && sha384_file(&dest)? == p.sha384 {
             tracing::info!(path = %dest.display(), "extension already in place");
             continue;
@@ -739,7 +756,7 @@ fn swap_and_refresh(
 ) -> Result<()> {
     let root = ctx.host_root.as_path();
     for p in &changes.remove {
-        let path = host(root, &p.path);
+        let path = ctx.host_path(&p.path);
         if path.symlink_metadata().is_ok() {
             move_aside(&path, undo)?;
             tracing::info!(path = %path.display(), "extension removed");
@@ -748,7 +765,7 @@ fn swap_and_refresh(
         }
     }
     for (p, tmp) in downloads {
-        let dest = host(root, &p.path);
+        let dest = ctx.host_path(&p.path);
         if dest.symlink_metadata().is_ok() {
             move_aside(&dest, undo)?;
         }
@@ -760,7 +777,7 @@ fn swap_and_refresh(
         tracing::info!(path = %dest.display(), "extension placed");
     }
     if changes.netplan {
-        let file = root.join(NETPLAN_FILE.trim_start_matches('/'));
+        let file = ctx.host_path(NETPLAN_FILE);
         let before = match fs::read(&file) {
             Ok(b) => Some(b),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
