@@ -48,7 +48,17 @@ mkdir -p "$WORK"
 WORK=$(cd "$WORK" && pwd)
 T0=$SECONDS
 say() { echo "ab-update: [$((SECONDS - T0)) s] $*" >&2; }
-fail() { say "FAIL: $*"; say "logs kept in $WORK"; exit 1; }
+fail() {
+    say "FAIL: $*"
+    # The last console lines of the boot that failed (vm.sh prints them itself when
+    # the boot as such failed; this covers a failed assertion on a finished boot).
+    if [ -n "${LOG:-}" ] && [ -f "$LOG" ]; then
+        say "last 40 console lines ($LOG):"
+        tail -n 40 "$LOG" | tr -d '\r' | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g; s/^/  | /' >&2
+    fi
+    say "logs kept in $WORK"
+    exit 1
+}
 wants() { [[ " $SCENARIOS " == *" $1 "* ]]; }
 case "$ALL_SCENARIOS " in
     "$SCENARIOS "*) ;;
