@@ -428,19 +428,18 @@ fn squashfs_sysext(dir: &Path, name: &str) -> Vec<u8> {
     std::fs::read(&out).unwrap()
 }
 
-/// The real `systemd-sysext` on this machine with a real squashfs extension: it cannot
-/// merge here (remounting `/run` fails) yet exits 0. The engine must notice and undo;
-/// where the tool can merge, the image must really be merged.
-#[test]
-fn real_sysext_on_this_machine() {
+/// For the tests with the real systemd-sysext: a host whose root has the build
+/// machine's os-release (so the sysext's extension-release matches) and a work
+/// directory; `None` (test skipped, with a message) when not root or a tool is missing.
+fn real_sysext_host(tools: &[&str]) -> Option<(Host, std::path::PathBuf)> {
     if !nix::unistd::Uid::effective().is_root() {
         eprintln!("skipping: needs root");
-        return;
+        return None;
     }
-    for tool in ["systemd-sysext", "mksquashfs"] {
+    for tool in tools {
         if !trident::cmd::have_program(tool) {
-            eprintln!("skipping: no {tool} (packages systemd, squashfs-tools)");
-            return;
+            eprintln!("skipping: no {tool} (packages systemd, squashfs-tools, util-linux)");
+            return None;
         }
     }
     let h = Host::new();
@@ -448,6 +447,17 @@ fn real_sysext_on_this_machine() {
     std::fs::copy("/etc/os-release", h.root.join("usr/lib/os-release")).unwrap();
     let work = h.src.join("build");
     std::fs::create_dir_all(&work).unwrap();
+    Some((h, work))
+}
+
+/// The real `systemd-sysext` on this machine with a real squashfs extension: it cannot
+/// merge here (remounting `/run` fails) yet exits 0. The engine must notice and undo;
+/// where the tool can merge, the image must really be merged.
+#[test]
+fn real_sysext_on_this_machine() {
+    let Some((h, work)) = real_sysext_host(&["systemd-sysext", "mksquashfs"]) else {
+        return;
+    };
     let img = squashfs_sysext(&work, "rt");
     let a = h.image("rt.raw", &img);
     let hc = h.spec(&[a], None);
@@ -484,21 +494,9 @@ fn real_sysext_on_this_machine() {
 /// vanishes with the namespace).
 #[test]
 fn real_sysext_merges_replaces_and_rolls_back_via_the_cli() {
-    if !nix::unistd::Uid::effective().is_root() {
-        eprintln!("skipping: needs root");
+    let Some((h, work)) = real_sysext_host(&["systemd-sysext", "mksquashfs", "unshare"]) else {
         return;
-    }
-    for tool in ["systemd-sysext", "mksquashfs", "unshare"] {
-        if !trident::cmd::have_program(tool) {
-            eprintln!("skipping: no {tool} (packages systemd, squashfs-tools, util-linux)");
-            return;
-        }
-    }
-    let h = Host::new();
-    std::fs::create_dir_all(h.root.join("usr/lib")).unwrap();
-    std::fs::copy("/etc/os-release", h.root.join("usr/lib/os-release")).unwrap();
-    let work = h.src.join("build");
-    std::fs::create_dir_all(&work).unwrap();
+    };
     let one = h.image("rtone.raw", &squashfs_sysext(&work, "rtone"));
     let two = h.image("rttwo.raw", &squashfs_sysext(&work, "rttwo"));
     let bad = (one.0.replace("rtone", "rtbad"), two.1.clone());
